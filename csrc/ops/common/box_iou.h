@@ -1,0 +1,137 @@
+// IoU / GIoU of one pair of boxes and its gradient, shared by the CPU and CUDA kernels.
+//
+// T is the accumulation type (float for half/bfloat16/float inputs, double for double).
+//
+// Forward, for boxes a, b in (x0, y0, x1, y1):
+//   inter = iw * ih if iw > 0 and ih > 0 else 0      (iw = min(a.x1, b.x1) - max(a.x0, b.x0), ...)
+//   union = area(a) + area(b) - inter
+//   iou   = inter / (union + eps)                    (0 when union + eps <= 0)
+//   giou  = iou - (area_c - union) / (area_c + eps)  (the second term 0 when area_c + eps <= 0)
+// with area_c the area of the smallest enclosing box. eps = 0 gives torchvision's
+// generalized_box_iou, eps > 0 its generalized_box_iou_loss; on valid boxes the guards never fire.
+// The guards are what keep degenerate input finite: a zero-area box against anything gives iou 0,
+// two identical zero-size boxes give iou 0 and giou 0, inverted corners give a finite value.
+//
+// Gradients follow PyTorch autograd through that formula: where min/max tie, each side receives
+// half (torch.maximum / torch.minimum); an empty intersection (iw <= 0 or ih <= 0) passes no
+// gradient, as torchvision's masked intersection does.
+#pragma once
+
+#include "ops/common/hostdevice.h"
+
+namespace detr_ops::box {
+
+template <typename T>
+struct Box {
+  T x0, y0, x1, y1;
+};
+
+// Converts the four stored numbers to corners: (x0, y0, x1, y1) or (cx, cy, w, h).
+template <typename T>
+DETR_HD Box<T> make_box(T a, T b, T c, T d, bool cxcywh) {
+  if (cxcywh) {
+    const T hw = T(0.5) * c, hh = T(0.5) * d;
+    return {a - hw, b - hh, a + hw, b + hh};
+  }
+  return {a, b, c, d};
+}
+
+// Gradient w.r.t. corners -> gradient w.r.t. the stored numbers (identity for xyxy).
+template <typename T>
+DETR_HD Box<T> corner_grad_to_format(const Box<T>& g, bool cxcywh) {
+  if (cxcywh) {
+    return {g.x0 + g.x1, g.y0 + g.y1, T(0.5) * (g.x1 - g.x0), T(0.5) * (g.y1 - g.y0)};
+  }
+  return g;
+}
+
+template <typename T>
+DETR_HD T max_(T a, T b) { return a > b ? a : b; }
+template <typename T>
+DETR_HD T min_(T a, T b) { return a < b ? a : b; }
+// d max(a, b) / da and d min(a, b) / da as autograd defines them (ties split evenly).
+template <typename T>
+DETR_HD T dmax_da(T a, T b) { return a > b ? T(1) : (a == b ? T(0.5) : T(0)); }
+template <typename T>
+DETR_HD T dmin_da(T a, T b) { return a < b ? T(1) : (a == b ? T(0.5) : T(0)); }
+
+template <typename T>
+DETR_HD T iou_value(const Box<T>& a, const Box<T>& b, T eps, bool generalized) {
+  const T area_a = (a.x1 - a.x0) * (a.y1 - a.y0);
+  const T area_b = (b.x1 - b.x0) * (b.y1 - b.y0);
+  const T iw = min_(a.x1, b.x1) - max_(a.x0, b.x0);
+  const T ih = min_(a.y1, b.y1) - max_(a.y0, b.y0);
+  const T inter = (iw > T(0) && ih > T(0)) ? iw * ih : T(0);
+  const T uni = area_a + area_b - inter;
+  const T du = uni + eps;
+  const T iou = du > T(0) ? inter / du : T(0);
+  if (!generalized) return iou;
+  const T cw = max_(a.x1, b.x1) - min_(a.x0, b.x0);
+  const T ch = max_(a.y1, b.y1) - min_(a.y0, b.y0);
+  const T area_c = cw * ch;
+  const T dc = area_c + eps;
+  return iou - (dc > T(0) ? (area_c - uni) / dc : T(0));
+}
+
+// Adds g * d(iou_value)/d(corners) to ga and gb.
+template <typename T>
+DETR_HD void iou_grad(const Box<T>& a, const Box<T>& b, T eps, bool generalized, T g, Box<T>& ga, Box<T>& gb) {
+  const T aw = a.x1 - a.x0, ah = a.y1 - a.y0;
+  const T bw = b.x1 - b.x0, bh = b.y1 - b.y0;
+  const T ix0 = max_(a.x0, b.x0), ix1 = min_(a.x1, b.x1);
+  const T iy0 = max_(a.y0, b.y0), iy1 = min_(a.y1, b.y1);
+  const T iw = ix1 - ix0, ih = iy1 - iy0;
+  const bool overlap = iw > T(0) && ih > T(0);
+  const T inter = overlap ? iw * ih : T(0);
+  const T uni = aw * ah + bw * bh - inter;
+  const T du = uni + eps;
+
+  T g_inter = T(0), g_uni = T(0);
+  if (du > T(0)) {
+    g_inter = g / du;
+    g_uni = -g * inter / (du * du);
+  }
+  if (generalized) {
+    const T cx0 = min_(a.x0, b.x0), cx1 = max_(a.x1, b.x1);
+    const T cy0 = min_(a.y0, b.y0), cy1 = max_(a.y1, b.y1);
+    const T cw = cx1 - cx0, ch = cy1 - cy0;
+    const T dc = cw * ch + eps;
+    if (dc > T(0)) {
+      // giou = iou - (area_c - uni) / dc  =>  d/d area_c = -du / dc^2, d/d uni = 1 / dc
+      const T g_area_c = -g * du / (dc * dc);
+      g_uni += g / dc;
+      const T g_cw = g_area_c * ch, g_ch = g_area_c * cw;
+      ga.x1 += g_cw * dmax_da(a.x1, b.x1);
+      gb.x1 += g_cw * dmax_da(b.x1, a.x1);
+      ga.x0 -= g_cw * dmin_da(a.x0, b.x0);
+      gb.x0 -= g_cw * dmin_da(b.x0, a.x0);
+      ga.y1 += g_ch * dmax_da(a.y1, b.y1);
+      gb.y1 += g_ch * dmax_da(b.y1, a.y1);
+      ga.y0 -= g_ch * dmin_da(a.y0, b.y0);
+      gb.y0 -= g_ch * dmin_da(b.y0, a.y0);
+    }
+  }
+  // uni = area_a + area_b - inter
+  g_inter -= g_uni;
+  ga.x1 += g_uni * ah;
+  ga.x0 -= g_uni * ah;
+  ga.y1 += g_uni * aw;
+  ga.y0 -= g_uni * aw;
+  gb.x1 += g_uni * bh;
+  gb.x0 -= g_uni * bh;
+  gb.y1 += g_uni * bw;
+  gb.y0 -= g_uni * bw;
+  if (overlap) {
+    const T g_iw = g_inter * ih, g_ih = g_inter * iw;
+    ga.x1 += g_iw * dmin_da(a.x1, b.x1);
+    gb.x1 += g_iw * dmin_da(b.x1, a.x1);
+    ga.x0 -= g_iw * dmax_da(a.x0, b.x0);
+    gb.x0 -= g_iw * dmax_da(b.x0, a.x0);
+    ga.y1 += g_ih * dmin_da(a.y1, b.y1);
+    gb.y1 += g_ih * dmin_da(b.y1, a.y1);
+    ga.y0 -= g_ih * dmax_da(a.y0, b.y0);
+    gb.y0 -= g_ih * dmax_da(b.y0, a.y0);
+  }
+}
+
+}  // namespace detr_ops::box

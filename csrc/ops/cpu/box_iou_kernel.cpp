@@ -1,0 +1,242 @@
+// CPU kernels of the box-overlap operators (schemas in ops/box_iou.cpp, math in ops/common/box_iou.h).
+//
+// Pairwise: the second box set is first unpacked into corner arrays of the accumulation type
+// (structure of arrays), so the inner loop over boxes2 is a straight, vectorisable sweep.
+// Backward: grad of boxes1 is a reduction along each row (done in registers); grad of boxes2 is a
+// reduction down each column, done per fixed chunk of rows into a private buffer and then summed in
+// chunk order, so the result does not depend on the number of threads (deterministic).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "ops/common/box_checks.h"
+#include "ops/common/box_iou.h"
+
+namespace detr_ops::box {
+namespace {
+
+// [n,4] boxes -> four corner arrays x0[n], y0[n], x1[n], y1[n] in acc_t.
+template <typename scalar_t, typename acc_t>
+void unpack_corners(const scalar_t* p, int64_t n, bool cxcywh, acc_t* out) {
+  for (int64_t j = 0; j < n; ++j) {
+    const Box<acc_t> c = make_box<acc_t>(p[4 * j], p[4 * j + 1], p[4 * j + 2], p[4 * j + 3], cxcywh);
+    out[j] = c.x0;
+    out[n + j] = c.y0;
+    out[2 * n + j] = c.x1;
+    out[3 * n + j] = c.y1;
+  }
+}
+
+template <typename scalar_t>
+Box<at::opmath_type<scalar_t>> load_box(const scalar_t* p, bool cxcywh) {
+  using acc_t = at::opmath_type<scalar_t>;
+  return make_box<acc_t>(p[0], p[1], p[2], p[3], cxcywh);
+}
+
+template <typename scalar_t>
+void store_box(scalar_t* p, const Box<at::opmath_type<scalar_t>>& g) {
+  p[0] = static_cast<scalar_t>(g.x0);
+  p[1] = static_cast<scalar_t>(g.y0);
+  p[2] = static_cast<scalar_t>(g.x1);
+  p[3] = static_cast<scalar_t>(g.y1);
+}
+
+// One output row: iou of box a against the m boxes in corner arrays c.
+template <bool Generalized, typename scalar_t, typename acc_t>
+void pairwise_row(const Box<acc_t>& a, const acc_t* c, int64_t m, scalar_t* out) {
+  const acc_t *x0 = c, *y0 = c + m, *x1 = c + 2 * m, *y1 = c + 3 * m;
+  for (int64_t j = 0; j < m; ++j) {
+    out[j] = static_cast<scalar_t>(iou_value<acc_t>(a, Box<acc_t>{x0[j], y0[j], x1[j], y1[j]}, acc_t(0), Generalized));
+  }
+}
+
+// Rows [i0, i1) of one batch item: adds the column gradients into the private buffer pb
+// (corner arrays of length m) and writes the row gradients of boxes1.
+template <bool Generalized, typename scalar_t, typename acc_t>
+void pairwise_backward_rows(const scalar_t* grad, const scalar_t* boxes1, const acc_t* c, int64_t i0, int64_t i1,
+                            int64_t m, bool cxcywh, acc_t* pb, scalar_t* grad1) {
+  const acc_t *x0 = c, *y0 = c + m, *x1 = c + 2 * m, *y1 = c + 3 * m;
+  acc_t *gx0 = pb, *gy0 = pb + m, *gx1 = pb + 2 * m, *gy1 = pb + 3 * m;
+  for (int64_t i = i0; i < i1; ++i) {
+    const Box<acc_t> a = load_box(boxes1 + 4 * i, cxcywh);
+    const scalar_t* g = grad + i * m;
+    Box<acc_t> ga{0, 0, 0, 0};
+    for (int64_t j = 0; j < m; ++j) {
+      Box<acc_t> gb{0, 0, 0, 0};
+      iou_grad<acc_t>(a, Box<acc_t>{x0[j], y0[j], x1[j], y1[j]}, acc_t(0), Generalized, static_cast<acc_t>(g[j]), ga,
+                      gb);
+      gx0[j] += gb.x0;
+      gy0[j] += gb.y0;
+      gx1[j] += gb.x1;
+      gy1[j] += gb.y1;
+    }
+    store_box(grad1 + 4 * i, corner_grad_to_format(ga, cxcywh));
+  }
+}
+
+at::Tensor as_batched(const at::Tensor& t) {
+  return (t.dim() == 2 ? t.unsqueeze(0) : t).contiguous();
+}
+
+at::Tensor pairwise_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::string_view box_format,
+                            bool generalized) {
+  check_pairwise(boxes1, boxes2);
+  const bool cxcywh = parse_box_format(box_format);
+  const at::Tensor b1 = as_batched(boxes1), b2 = as_batched(boxes2);
+  const int64_t B = b1.size(0), N = b1.size(1), M = b2.size(1);
+  at::Tensor out = at::empty({B, N, M}, b1.options());
+  if (out.numel() == 0) return out.view(pairwise_shape(boxes1, boxes2));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "pairwise_iou_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    std::vector<acc_t> corners(B * 4 * M);
+    const scalar_t* p1 = b1.const_data_ptr<scalar_t>();
+    const scalar_t* p2 = b2.const_data_ptr<scalar_t>();
+    for (int64_t b = 0; b < B; ++b) unpack_corners(p2 + b * M * 4, M, cxcywh, corners.data() + b * 4 * M);
+    scalar_t* po = out.mutable_data_ptr<scalar_t>();
+    const int64_t grain = std::max<int64_t>(1, 32768 / M);
+    at::parallel_for(0, B * N, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const Box<acc_t> a = load_box(p1 + 4 * r, cxcywh);
+        const acc_t* c = corners.data() + (r / N) * 4 * M;
+        if (generalized) {
+          pairwise_row<true>(a, c, M, po + r * M);
+        } else {
+          pairwise_row<false>(a, c, M, po + r * M);
+        }
+      }
+    });
+  });
+  return out.view(pairwise_shape(boxes1, boxes2));
+}
+
+std::tuple<at::Tensor, at::Tensor> pairwise_iou_backward_cpu(const at::Tensor& grad, const at::Tensor& boxes1,
+                                                             const at::Tensor& boxes2, c10::string_view box_format,
+                                                             bool generalized) {
+  check_pairwise(boxes1, boxes2);
+  check_grad(grad, pairwise_shape(boxes1, boxes2), boxes1);
+  const bool cxcywh = parse_box_format(box_format);
+  const at::Tensor b1 = as_batched(boxes1), b2 = as_batched(boxes2);
+  const int64_t B = b1.size(0), N = b1.size(1), M = b2.size(1);
+  const at::Tensor g = grad.to(b1.scalar_type()).reshape({B, N, M}).contiguous();
+  at::Tensor grad1 = at::zeros_like(b1), grad2 = at::zeros_like(b2);
+  if (N == 0 || M == 0 || B == 0) return {grad1.view(boxes1.sizes()), grad2.view(boxes2.sizes())};
+
+  // Fixed row chunks (a function of N only) so the column sums are always added in the same order.
+  const int64_t rows_per_chunk = std::max<int64_t>(64, (N + 15) / 16);
+  const int64_t C = (N + rows_per_chunk - 1) / rows_per_chunk;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "pairwise_iou_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    std::vector<acc_t> corners(B * 4 * M);
+    std::vector<acc_t> partial(B * C * 4 * M, acc_t(0));
+    const scalar_t* p1 = b1.const_data_ptr<scalar_t>();
+    const scalar_t* p2 = b2.const_data_ptr<scalar_t>();
+    const scalar_t* pg = g.const_data_ptr<scalar_t>();
+    scalar_t* pg1 = grad1.mutable_data_ptr<scalar_t>();
+    for (int64_t b = 0; b < B; ++b) unpack_corners(p2 + b * M * 4, M, cxcywh, corners.data() + b * 4 * M);
+    at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t b = task / C, c = task % C;
+        const int64_t i0 = c * rows_per_chunk, i1 = std::min(N, i0 + rows_per_chunk);
+        const int64_t off = b * N;
+        auto run = [&](auto generalized_tag) {
+          pairwise_backward_rows<decltype(generalized_tag)::value>(
+              pg + off * M, p1 + off * 4, corners.data() + b * 4 * M, i0, i1, M, cxcywh, partial.data() + task * 4 * M,
+              pg1 + off * 4);
+        };
+        if (generalized) {
+          run(std::true_type{});
+        } else {
+          run(std::false_type{});
+        }
+      }
+    });
+    scalar_t* pg2 = grad2.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, B * M, 1024, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t b = r / M, j = r % M;
+        Box<acc_t> s{0, 0, 0, 0};
+        for (int64_t c = 0; c < C; ++c) {
+          const acc_t* pb = partial.data() + (b * C + c) * 4 * M;
+          s.x0 += pb[j];
+          s.y0 += pb[M + j];
+          s.x1 += pb[2 * M + j];
+          s.y1 += pb[3 * M + j];
+        }
+        store_box(pg2 + 4 * r, corner_grad_to_format(s, cxcywh));
+      }
+    });
+  });
+  return {grad1.view(boxes1.sizes()), grad2.view(boxes2.sizes())};
+}
+
+at::ScalarType loss_dtype(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+at::Tensor giou_loss_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::string_view box_format,
+                         double eps) {
+  check_elementwise(boxes1, boxes2);
+  const bool cxcywh = parse_box_format(box_format);
+  const at::Tensor b1 = boxes1.contiguous(), b2 = boxes2.contiguous();
+  const int64_t K = b1.numel() / 4;
+  at::Tensor out = at::empty(boxes1.sizes().slice(0, boxes1.dim() - 1), b1.options().dtype(loss_dtype(b1.scalar_type())));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "giou_loss_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* p1 = b1.const_data_ptr<scalar_t>();
+    const scalar_t* p2 = b2.const_data_ptr<scalar_t>();
+    acc_t* po = out.mutable_data_ptr<acc_t>();
+    at::parallel_for(0, K, 8192, [&](int64_t begin, int64_t end) {
+      for (int64_t k = begin; k < end; ++k) {
+        po[k] = acc_t(1) - iou_value<acc_t>(load_box(p1 + 4 * k, cxcywh), load_box(p2 + 4 * k, cxcywh),
+                                            static_cast<acc_t>(eps), true);
+      }
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> giou_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& boxes1,
+                                                          const at::Tensor& boxes2, c10::string_view box_format,
+                                                          double eps) {
+  check_elementwise(boxes1, boxes2);
+  check_grad(grad, boxes1.sizes().slice(0, boxes1.dim() - 1), boxes1);
+  const bool cxcywh = parse_box_format(box_format);
+  const at::Tensor b1 = boxes1.contiguous(), b2 = boxes2.contiguous();
+  const at::Tensor g = grad.to(loss_dtype(b1.scalar_type())).contiguous();
+  at::Tensor grad1 = at::empty_like(b1), grad2 = at::empty_like(b2);
+  const int64_t K = b1.numel() / 4;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "giou_loss_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* p1 = b1.const_data_ptr<scalar_t>();
+    const scalar_t* p2 = b2.const_data_ptr<scalar_t>();
+    const acc_t* pg = g.const_data_ptr<acc_t>();
+    scalar_t* pg1 = grad1.mutable_data_ptr<scalar_t>();
+    scalar_t* pg2 = grad2.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, K, 8192, [&](int64_t begin, int64_t end) {
+      for (int64_t k = begin; k < end; ++k) {
+        Box<acc_t> ga{0, 0, 0, 0}, gb{0, 0, 0, 0};
+        // loss = 1 - giou
+        iou_grad<acc_t>(load_box(p1 + 4 * k, cxcywh), load_box(p2 + 4 * k, cxcywh), static_cast<acc_t>(eps), true,
+                        -pg[k], ga, gb);
+        store_box(pg1 + 4 * k, corner_grad_to_format(ga, cxcywh));
+        store_box(pg2 + 4 * k, corner_grad_to_format(gb, cxcywh));
+      }
+    });
+  });
+  return {grad1, grad2};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(detr_ops, CPU, m) {
+  m.impl("pairwise_iou", &pairwise_iou_cpu);
+  m.impl("pairwise_iou_backward", &pairwise_iou_backward_cpu);
+  m.impl("giou_loss", &giou_loss_cpu);
+  m.impl("giou_loss_backward", &giou_loss_backward_cpu);
+}
+
+}  // namespace detr_ops::box

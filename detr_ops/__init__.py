@@ -1,0 +1,28 @@
+"""detr_ops: fast, exact operators for DETR-family object detectors.
+
+Importing the package loads the compiled core (``detr_ops._C``), which registers the
+``torch.ops.detr_ops.*`` operators. Without it the pure-PyTorch references in
+``detr_ops.reference`` still work, and the compiled functions raise a clear error.
+"""
+from detr_ops.version import __version__
+from detr_ops._extension import ExtensionError, build_info
+from detr_ops.ops.box_iou import (
+    box_cxcywh_to_xyxy,
+    box_iou,
+    box_validity,
+    box_xyxy_to_cxcywh,
+    generalized_box_iou,
+    generalized_box_iou_loss,
+)
+
+__all__ = [
+    "__version__",
+    "ExtensionError",
+    "build_info",
+    "box_iou",
+    "generalized_box_iou",
+    "generalized_box_iou_loss",
+    "box_validity",
+    "box_cxcywh_to_xyxy",
+    "box_xyxy_to_cxcywh",
+]

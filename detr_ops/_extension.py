@@ -1,0 +1,65 @@
+"""Loads the compiled core ``detr_ops._C`` once, and explains clearly when it cannot.
+
+Importing ``_C`` runs the C++ ``TORCH_LIBRARY`` registrations that create ``torch.ops.detr_ops.*``.
+The pure-PyTorch references (``detr_ops.reference``) work without it, so a missing extension is
+reported when a compiled op is first needed, not when ``detr_ops`` is imported.
+"""
+import functools
+
+import torch
+
+_REBUILD = (
+    "Rebuild it against the torch you are running, from the detr_ops source tree:\n"
+    "    pip install --no-build-isolation -e .      (or: python setup.py build_ext --inplace)"
+)
+
+
+class ExtensionError(ImportError):
+    """The compiled extension is missing, broken, or was built for another torch."""
+
+
+@functools.lru_cache(maxsize=None)
+def _load():
+    """Returns (module, None) or (None, ExtensionError); cached so the import is tried once."""
+    try:
+        from detr_ops import _C
+    except ImportError as e:
+        text = str(e)
+        if "undefined symbol" in text or "version" in text.lower():
+            what = "detr_ops._C exists but does not match the installed torch %s (%s)." % (torch.__version__, text)
+        else:
+            what = "detr_ops._C, the compiled part of detr_ops, is not built (%s)." % text
+        return None, ExtensionError(what + "\n" + _REBUILD)
+    info = _C.build_info()
+    built, running = info["torch_version"], torch.__version__.split("+")[0]
+    if built != running:
+        return None, ExtensionError(
+            "detr_ops._C was built against torch %s but torch %s is running.\n%s" % (built, running, _REBUILD)
+        )
+    return _C, None
+
+
+def available() -> bool:
+    """True when the compiled extension loaded (and its operators are registered)."""
+    return _load()[0] is not None
+
+
+def load():
+    """The ``_C`` module; raises :class:`ExtensionError` saying what happened and how to rebuild."""
+    module, error = _load()
+    if error is not None:
+        raise error
+    return module
+
+
+def build_info() -> dict:
+    """What was compiled in: ``{"torch_version", "cuda", "cuda_version", "debug", "cuda_kernels"}``.
+
+    ``cuda_kernels`` is True when CUDA kernels are registered for the operators (a CUDA build),
+    regardless of whether a GPU is present now.
+    """
+    info = dict(load().build_info())
+    info["cuda_kernels"] = bool(info["cuda"]) and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "detr_ops::pairwise_iou", "CUDA"
+    )
+    return info

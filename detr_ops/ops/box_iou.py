@@ -1,0 +1,179 @@
+"""IoU and GIoU of boxes: pairwise (matching cost) and elementwise (loss), fused, with backward.
+
+Drop-ins for ``torchvision.ops.box_iou``, ``generalized_box_iou``, ``generalized_box_iou_loss``
+and DETR's ``util.box_ops``: same values on valid boxes, plus
+
+* ``box_format="cxcywh"`` reads DETR's (cx, cy, w, h) boxes directly, no conversion pass;
+* batched input ``[B,N,4] x [B,M,4] -> [B,N,M]``;
+* degenerate boxes never give NaN or inf, in values or gradients:
+  a zero-area box has IoU 0 with anything; two identical zero-size boxes have IoU 0 and GIoU 0
+  (loss 1); inverted corners (x1 < x0 or y1 < y0) give a finite value of the same formula (use
+  :func:`box_validity` to find them without a host sync); where torchvision divides 0 by 0 we
+  return 0 for that term;
+* half / bfloat16 inputs are computed in float32.
+
+Integer boxes are converted to float32 (a defined result, as torchvision's loss does); bool and
+complex boxes are rejected.
+"""
+import torch
+
+from detr_ops import _backend, _extension
+from detr_ops.ops import _checks
+
+BOX_FORMATS = ("xyxy", "cxcywh")
+REDUCTIONS = ("none", "mean", "sum")
+
+
+def _boxes(x, name: str) -> torch.Tensor:
+    x = _checks.tensor(x, name)
+    if x.dtype == torch.bool or x.is_complex():
+        raise ValueError(f"{name} must hold real box coordinates, got dtype {x.dtype}")
+    if x.dim() < 1 or x.shape[-1] != 4:
+        raise ValueError(f"{name} must have shape [..., 4] (one box per row), got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        x = x.float()
+    return x
+
+
+def _pair(boxes1, boxes2, box_format):
+    boxes1, boxes2 = _boxes(boxes1, "boxes1"), _boxes(boxes2, "boxes2")
+    _checks.one_of(box_format, BOX_FORMATS, "box_format")
+    _checks.same_device("boxes1", boxes1, "boxes2", boxes2)
+    dtype = torch.promote_types(boxes1.dtype, boxes2.dtype)
+    return boxes1.to(dtype), boxes2.to(dtype)
+
+
+def _pairwise(boxes1, boxes2, box_format, generalized, backend):
+    boxes1, boxes2 = _pair(boxes1, boxes2, box_format)
+    if boxes1.dim() not in (2, 3) or boxes2.dim() != boxes1.dim():
+        raise ValueError(
+            "boxes1 and boxes2 must both be [N,4] and [M,4], or both [B,N,4] and [B,M,4]; "
+            f"got {tuple(boxes1.shape)} and {tuple(boxes2.shape)}"
+        )
+    if boxes1.dim() == 3 and boxes1.shape[0] != boxes2.shape[0]:
+        raise ValueError(f"boxes1 and boxes2 must have the same batch size, got {boxes1.shape[0]} and {boxes2.shape[0]}")
+    _extension.load()
+    if _backend.resolve(backend, boxes1.device) == "triton":
+        _backend.triton_ops("box_iou")
+        return torch.ops.detr_ops.pairwise_iou_triton(boxes1, boxes2, box_format, generalized)
+    return torch.ops.detr_ops.pairwise_iou(boxes1, boxes2, box_format, generalized)
+
+
+def box_iou(boxes1, boxes2, box_format: str = "xyxy", *, backend: str = "auto") -> torch.Tensor:
+    """Pairwise IoU: ``[N,4] x [M,4] -> [N,M]`` or ``[B,N,4] x [B,M,4] -> [B,N,M]``."""
+    return _pairwise(boxes1, boxes2, box_format, False, backend)
+
+
+def generalized_box_iou(boxes1, boxes2, box_format: str = "xyxy", *, backend: str = "auto") -> torch.Tensor:
+    """Pairwise generalized IoU, same shapes as :func:`box_iou`; differentiable in both inputs."""
+    return _pairwise(boxes1, boxes2, box_format, True, backend)
+
+
+def generalized_box_iou_loss(
+    boxes1, boxes2, reduction: str = "none", eps: float = 1e-7, box_format: str = "xyxy", *, backend: str = "auto"
+) -> torch.Tensor:
+    """Elementwise ``1 - GIoU`` of matching boxes (torchvision's ``generalized_box_iou_loss``).
+
+    The loss is float32 for half/bfloat16/float32 input and float64 for float64. ``"mean"`` of an
+    empty input is 0 and still backpropagates.
+    """
+    _checks.one_of(reduction, REDUCTIONS, "reduction")
+    boxes1, boxes2 = _pair(boxes1, boxes2, box_format)
+    if boxes1.shape != boxes2.shape:
+        raise ValueError(f"boxes1 and boxes2 must have the same shape, got {tuple(boxes1.shape)} and {tuple(boxes2.shape)}")
+    _extension.load()
+    if _backend.resolve(backend, boxes1.device) == "triton":
+        _backend.triton_ops("box_iou")
+        loss = torch.ops.detr_ops.giou_loss_triton(boxes1, boxes2, box_format, float(eps))
+    else:
+        loss = torch.ops.detr_ops.giou_loss(boxes1, boxes2, box_format, float(eps))
+    if reduction == "mean":
+        return loss.mean() if loss.numel() > 0 else 0.0 * loss.sum()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
+def box_validity(boxes, box_format: str = "xyxy") -> torch.Tensor:
+    """Bool tensor ``[...]``: True where the box has x1 >= x0 and y1 >= y0 (finite).
+
+    Computed on the boxes' device without a host sync, unlike DETR's ``assert (...).all()``; reduce
+    it with ``.all()`` and check it whenever your loop may synchronise.
+    """
+    boxes = _boxes(boxes, "boxes")
+    _checks.one_of(box_format, BOX_FORMATS, "box_format")
+    if box_format == "cxcywh":
+        ok = (boxes[..., 2] >= 0) & (boxes[..., 3] >= 0)
+    else:
+        ok = (boxes[..., 2] >= boxes[..., 0]) & (boxes[..., 3] >= boxes[..., 1])
+    return ok & torch.isfinite(boxes).all(dim=-1)
+
+
+def box_cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
+    """(cx, cy, w, h) -> (x0, y0, x1, y1), as DETR's ``box_ops``."""
+    cx, cy, w, h = boxes.unbind(-1)
+    return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
+
+
+def box_xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
+    """(x0, y0, x1, y1) -> (cx, cy, w, h), as DETR's ``box_ops``."""
+    x0, y0, x1, y1 = boxes.unbind(-1)
+    return torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dim=-1)
+
+
+# ---- fake kernels and autograd (shared by the native ops and their Triton twins) -----------------
+
+
+def _loss_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _pairwise_shape(boxes1, boxes2):
+    return boxes1.shape[:-1] + boxes2.shape[-2:-1]
+
+
+def register(suffix: str = "") -> None:
+    """Fake kernels and autograd for detr_ops::pairwise_iou{suffix} and giou_loss{suffix}."""
+    ns = "detr_ops::"
+    pairwise, pairwise_bw = f"{ns}pairwise_iou{suffix}", f"{ns}pairwise_iou_backward{suffix}"
+    loss, loss_bw = f"{ns}giou_loss{suffix}", f"{ns}giou_loss_backward{suffix}"
+
+    @torch.library.register_fake(pairwise)
+    def _(boxes1, boxes2, box_format, generalized):
+        return boxes1.new_empty(_pairwise_shape(boxes1, boxes2))
+
+    @torch.library.register_fake(pairwise_bw)
+    def _(grad, boxes1, boxes2, box_format, generalized):
+        return torch.empty_like(boxes1), torch.empty_like(boxes2)
+
+    @torch.library.register_fake(loss)
+    def _(boxes1, boxes2, box_format, eps):
+        return boxes1.new_empty(boxes1.shape[:-1], dtype=_loss_dtype(boxes1.dtype))
+
+    @torch.library.register_fake(loss_bw)
+    def _(grad, boxes1, boxes2, box_format, eps):
+        return torch.empty_like(boxes1), torch.empty_like(boxes2)
+
+    backward_pairwise = getattr(torch.ops.detr_ops, pairwise_bw[len(ns):])
+    backward_loss = getattr(torch.ops.detr_ops, loss_bw[len(ns):])
+
+    def setup_context(ctx, inputs, output):
+        boxes1, boxes2, ctx.box_format, ctx.extra = inputs
+        ctx.save_for_backward(boxes1, boxes2)
+
+    def pairwise_backward(ctx, grad):
+        boxes1, boxes2 = ctx.saved_tensors
+        g1, g2 = backward_pairwise(grad, boxes1, boxes2, ctx.box_format, ctx.extra)
+        return g1, g2, None, None
+
+    def loss_backward(ctx, grad):
+        boxes1, boxes2 = ctx.saved_tensors
+        g1, g2 = backward_loss(grad, boxes1, boxes2, ctx.box_format, ctx.extra)
+        return g1, g2, None, None
+
+    torch.library.register_autograd(pairwise, pairwise_backward, setup_context=setup_context)
+    torch.library.register_autograd(loss, loss_backward, setup_context=setup_context)
+
+
+if _extension.available():
+    register()

@@ -1,0 +1,1 @@
+"""Triton kernels, registered as torch.ops.detr_ops.*_triton ops. Imported on first use."""
