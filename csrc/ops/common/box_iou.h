@@ -56,11 +56,12 @@ template <typename T>
 DETR_HD T max_(T a, T b) { return a > b ? a : b; }
 template <typename T>
 DETR_HD T min_(T a, T b) { return a < b ? a : b; }
-// d max(a, b) / da and d min(a, b) / da as autograd defines them (ties split evenly).
+// d max(a, b) / da and d min(a, b) / da as autograd defines them (ties split evenly). Written as
+// arithmetic on comparisons: the nested ternary compiled to branches and blocked vectorisation.
 template <typename T>
-DETR_HD T dmax_da(T a, T b) { return a > b ? T(1) : (a == b ? T(0.5) : T(0)); }
+DETR_HD T dmax_da(T a, T b) { return T(0.5) * (T(a > b) + T(a >= b)); }
 template <typename T>
-DETR_HD T dmin_da(T a, T b) { return a < b ? T(1) : (a == b ? T(0.5) : T(0)); }
+DETR_HD T dmin_da(T a, T b) { return T(0.5) * (T(a < b) + T(a <= b)); }
 
 // max(x, 0) and its derivative as torch.clamp(min=0) defines it.
 template <typename T>
@@ -68,61 +69,65 @@ DETR_HD T relu_(T x) { return x > T(0) ? x : T(0); }
 template <typename T>
 DETR_HD T drelu_(T x) { return x >= T(0) ? T(1) : T(0); }
 
+// Branch-free on purpose: every division has a safe denominator and the guards are selects, so
+// the CPU loops over box pairs vectorise (a conditional division would not be if-converted).
 template <typename T>
 DETR_HD T iou_value(const Box<T>& a, const Box<T>& b, T eps, bool generalized) {
   const T area_a = relu_(a.x1 - a.x0) * relu_(a.y1 - a.y0);
   const T area_b = relu_(b.x1 - b.x0) * relu_(b.y1 - b.y0);
   const T iw = min_(a.x1, b.x1) - max_(a.x0, b.x0);
   const T ih = min_(a.y1, b.y1) - max_(a.y0, b.y0);
-  const T inter = (iw > T(0) && ih > T(0)) ? iw * ih : T(0);
+  const T inter = ((iw > T(0)) & (ih > T(0))) ? iw * ih : T(0);
   const T uni = area_a + area_b - inter;
   const T du = uni + eps;
-  const T iou = du > T(0) ? inter / du : T(0);
+  const T iou_q = inter / (du > T(0) ? du : T(1));  // computed unconditionally, then selected
+  const T iou = du > T(0) ? iou_q : T(0);
   if (!generalized) return iou;
   const T cw = relu_(max_(a.x1, b.x1) - min_(a.x0, b.x0));
   const T ch = relu_(max_(a.y1, b.y1) - min_(a.y0, b.y0));
   const T area_c = cw * ch;
   const T dc = area_c + eps;
-  return iou - (dc > T(0) ? (area_c - uni) / dc : T(0));
+  const T enc_q = (area_c - uni) / (dc > T(0) ? dc : T(1));
+  return iou - (dc > T(0) ? enc_q : T(0));
 }
 
-// Adds g * d(iou_value)/d(corners) to ga and gb.
+// Adds g * d(iou_value)/d(corners) to ga and gb. Branch-free like iou_value.
 template <typename T>
 DETR_HD void iou_grad(const Box<T>& a, const Box<T>& b, T eps, bool generalized, T g, Box<T>& ga, Box<T>& gb) {
   const T raw_aw = a.x1 - a.x0, raw_ah = a.y1 - a.y0, raw_bw = b.x1 - b.x0, raw_bh = b.y1 - b.y0;
   const T aw = relu_(raw_aw), ah = relu_(raw_ah), bw = relu_(raw_bw), bh = relu_(raw_bh);
-  const T ix0 = max_(a.x0, b.x0), ix1 = min_(a.x1, b.x1);
-  const T iy0 = max_(a.y0, b.y0), iy1 = min_(a.y1, b.y1);
-  const T iw = ix1 - ix0, ih = iy1 - iy0;
-  const bool overlap = iw > T(0) && ih > T(0);
-  const T inter = overlap ? iw * ih : T(0);
+  const T iw = min_(a.x1, b.x1) - max_(a.x0, b.x0);
+  const T ih = min_(a.y1, b.y1) - max_(a.y0, b.y0);
+  // a T, not a bool: a bool mask next to double-width masks stops the loop from vectorising
+  const T overlap = ((iw > T(0)) & (ih > T(0))) ? T(1) : T(0);
+  const T inter = overlap > T(0) ? iw * ih : T(0);
   const T uni = aw * ah + bw * bh - inter;
   const T du = uni + eps;
-
-  T g_inter = T(0), g_uni = T(0);
-  if (du > T(0)) {
-    g_inter = g / du;
-    g_uni = -g * inter / (du * du);
-  }
+  const T safe_du = du > T(0) ? du : T(1);
+  const T r_u = T(1) / safe_du;  // one division per denominator (divisions dominate this function)
+  const T q_inter = g * r_u, q_uni = -q_inter * inter * r_u;
+  T g_inter = du > T(0) ? q_inter : T(0);
+  T g_uni = du > T(0) ? q_uni : T(0);
   if (generalized) {
     const T cx0 = min_(a.x0, b.x0), cx1 = max_(a.x1, b.x1);
     const T cy0 = min_(a.y0, b.y0), cy1 = max_(a.y1, b.y1);
     const T cw = relu_(cx1 - cx0), ch = relu_(cy1 - cy0);
     const T dc = cw * ch + eps;
-    if (dc > T(0)) {
-      // giou = iou - (area_c - uni) / dc  =>  d/d area_c = -du / dc^2, d/d uni = 1 / dc
-      const T g_area_c = -g * du / (dc * dc);
-      g_uni += g / dc;
-      const T g_cw = g_area_c * ch * drelu_(cx1 - cx0), g_ch = g_area_c * cw * drelu_(cy1 - cy0);
-      ga.x1 += g_cw * dmax_da(a.x1, b.x1);
-      gb.x1 += g_cw * dmax_da(b.x1, a.x1);
-      ga.x0 -= g_cw * dmin_da(a.x0, b.x0);
-      gb.x0 -= g_cw * dmin_da(b.x0, a.x0);
-      ga.y1 += g_ch * dmax_da(a.y1, b.y1);
-      gb.y1 += g_ch * dmax_da(b.y1, a.y1);
-      ga.y0 -= g_ch * dmin_da(a.y0, b.y0);
-      gb.y0 -= g_ch * dmin_da(b.y0, a.y0);
-    }
+    const T safe_dc = dc > T(0) ? dc : T(1);
+    // giou = iou - (area_c - uni) / dc  =>  d/d area_c = -du / dc^2, d/d uni = 1 / dc
+    const T r_c = T(1) / safe_dc;
+    const T q_enc = g * r_c, q_area_c = -q_enc * du * r_c;
+    const T g_area_c = dc > T(0) ? q_area_c : T(0);
+    g_uni += dc > T(0) ? q_enc : T(0);
+    const T g_cw = g_area_c * ch * drelu_(cx1 - cx0), g_ch = g_area_c * cw * drelu_(cy1 - cy0);
+    ga.x1 += g_cw * dmax_da(a.x1, b.x1);
+    gb.x1 += g_cw * dmax_da(b.x1, a.x1);
+    ga.x0 -= g_cw * dmin_da(a.x0, b.x0);
+    gb.x0 -= g_cw * dmin_da(b.x0, a.x0);
+    ga.y1 += g_ch * dmax_da(a.y1, b.y1);
+    gb.y1 += g_ch * dmax_da(b.y1, a.y1);
+    ga.y0 -= g_ch * dmin_da(a.y0, b.y0);
+    gb.y0 -= g_ch * dmin_da(b.y0, a.y0);
   }
   // uni = area_a + area_b - inter
   g_inter -= g_uni;
@@ -136,17 +141,16 @@ DETR_HD void iou_grad(const Box<T>& a, const Box<T>& b, T eps, bool generalized,
   gb.x0 -= g_bw;
   gb.y1 += g_bh;
   gb.y0 -= g_bh;
-  if (overlap) {
-    const T g_iw = g_inter * ih, g_ih = g_inter * iw;
-    ga.x1 += g_iw * dmin_da(a.x1, b.x1);
-    gb.x1 += g_iw * dmin_da(b.x1, a.x1);
-    ga.x0 -= g_iw * dmax_da(a.x0, b.x0);
-    gb.x0 -= g_iw * dmax_da(b.x0, a.x0);
-    ga.y1 += g_ih * dmin_da(a.y1, b.y1);
-    gb.y1 += g_ih * dmin_da(b.y1, a.y1);
-    ga.y0 -= g_ih * dmax_da(a.y0, b.y0);
-    gb.y0 -= g_ih * dmax_da(b.y0, a.y0);
-  }
+  // inter = iw * ih where both are positive
+  const T g_iw = overlap > T(0) ? g_inter * ih : T(0), g_ih = overlap > T(0) ? g_inter * iw : T(0);
+  ga.x1 += g_iw * dmin_da(a.x1, b.x1);
+  gb.x1 += g_iw * dmin_da(b.x1, a.x1);
+  ga.x0 -= g_iw * dmax_da(a.x0, b.x0);
+  gb.x0 -= g_iw * dmax_da(b.x0, a.x0);
+  ga.y1 += g_ih * dmin_da(a.y1, b.y1);
+  gb.y1 += g_ih * dmin_da(b.y1, a.y1);
+  ga.y0 -= g_ih * dmax_da(a.y0, b.y0);
+  gb.y0 -= g_ih * dmax_da(b.y0, a.y0);
 }
 
 // Gradients can legitimately exceed float16's range (two distinct point boxes under the loss give

@@ -5,5 +5,7 @@
 #if defined(__CUDACC__)
 #define DETR_HD __host__ __device__ __forceinline__
 #else
-#define DETR_HD inline
+// always_inline: inside the large functions AT_DISPATCH generates, g++ otherwise outlines these
+// helpers, and a call per box pair stops the pair loops from vectorising (10x slower, measured).
+#define DETR_HD inline __attribute__((always_inline))
 #endif

@@ -11,10 +11,12 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <type_traits>
 #include <vector>
 
 #include "ops/common/box_checks.h"
 #include "ops/common/box_iou.h"
+#include "ops/cpu/cpu_isa.h"
 
 namespace detr_ops::box {
 namespace {
@@ -45,36 +47,105 @@ void store_box(scalar_t* p, const Box<at::opmath_type<scalar_t>>& g) {
   p[3] = narrow<scalar_t>(g.y1);
 }
 
-// One output row: iou of box a against the m boxes in corner arrays c.
-template <bool Generalized, typename scalar_t, typename acc_t>
-void pairwise_row(const Box<acc_t>& a, const acc_t* c, int64_t m, scalar_t* out) {
-  const acc_t *x0 = c, *y0 = c + m, *x1 = c + 2 * m, *y1 = c + 3 * m;
+// The pair loops. Each is a straight loop over the corner arrays of boxes2 with no reduction in it,
+// so it vectorises; each runs as an AVX2 or an SSE2 build of the same body (cpu_isa.h). Defined for
+// float and double; half and bfloat16 compute in float.
+
+// out[j] = iou(a, box j) for the m boxes in corner arrays c.
+template <bool Generalized, typename acc_t>
+DETR_HD void pair_row_body(Box<acc_t> a, const acc_t* __restrict__ c, int64_t m, acc_t* __restrict__ out) {
+  const acc_t *__restrict__ x0 = c, *__restrict__ y0 = c + m, *__restrict__ x1 = c + 2 * m, *__restrict__ y1 = c + 3 * m;
   for (int64_t j = 0; j < m; ++j) {
-    out[j] = static_cast<scalar_t>(iou_value<acc_t>(a, Box<acc_t>{x0[j], y0[j], x1[j], y1[j]}, acc_t(0), Generalized));
+    out[j] = iou_value<acc_t>(a, Box<acc_t>{x0[j], y0[j], x1[j], y1[j]}, acc_t(0), Generalized);
   }
 }
 
-// Rows [i0, i1) of one batch item: adds the column gradients into the private buffer pb
-// (corner arrays of length m) and writes the row gradients of boxes1.
+// For box a against the m boxes in c with upstream gradients g[j]: the gradient of a from each pair
+// goes to the scratch rows ra (summed by the caller, in order), the gradient of box j is added to
+// the column buffer pb.
+template <bool Generalized, typename acc_t>
+DETR_HD void pair_row_backward_body(Box<acc_t> a, const acc_t* __restrict__ g, const acc_t* __restrict__ c, int64_t m,
+                                    acc_t* __restrict__ pb, acc_t* __restrict__ ra) {
+  const acc_t *__restrict__ x0 = c, *__restrict__ y0 = c + m, *__restrict__ x1 = c + 2 * m, *__restrict__ y1 = c + 3 * m;
+  acc_t *__restrict__ gx0 = pb, *__restrict__ gy0 = pb + m, *__restrict__ gx1 = pb + 2 * m, *__restrict__ gy1 = pb + 3 * m;
+  acc_t *__restrict__ rx0 = ra, *__restrict__ ry0 = ra + m, *__restrict__ rx1 = ra + 2 * m, *__restrict__ ry1 = ra + 3 * m;
+  for (int64_t j = 0; j < m; ++j) {
+    Box<acc_t> ga{0, 0, 0, 0}, gb{0, 0, 0, 0};
+    iou_grad<acc_t>(a, Box<acc_t>{x0[j], y0[j], x1[j], y1[j]}, acc_t(0), Generalized, g[j], ga, gb);
+    rx0[j] = ga.x0;
+    ry0[j] = ga.y0;
+    rx1[j] = ga.x1;
+    ry1[j] = ga.y1;
+    gx0[j] += gb.x0;
+    gy0[j] += gb.y0;
+    gx1[j] += gb.x1;
+    gy1[j] += gb.y1;
+  }
+}
+
+template <bool G, typename acc_t>
+DETR_TARGET_AVX2 void pair_row_avx2(Box<acc_t> a, const acc_t* c, int64_t m, acc_t* out) {
+  pair_row_body<G, acc_t>(a, c, m, out);
+}
+template <bool G, typename acc_t>
+void pair_row_sse(Box<acc_t> a, const acc_t* c, int64_t m, acc_t* out) {
+  pair_row_body<G, acc_t>(a, c, m, out);
+}
+template <bool G, typename acc_t>
+void pair_row(Box<acc_t> a, const acc_t* c, int64_t m, acc_t* out) {
+  cpu::cpu_has_avx2() ? pair_row_avx2<G, acc_t>(a, c, m, out) : pair_row_sse<G, acc_t>(a, c, m, out);
+}
+
+template <bool G, typename acc_t>
+DETR_TARGET_AVX2 void pair_row_backward_avx2(Box<acc_t> a, const acc_t* g, const acc_t* c, int64_t m, acc_t* pb,
+                                             acc_t* ra) {
+  pair_row_backward_body<G, acc_t>(a, g, c, m, pb, ra);
+}
+template <bool G, typename acc_t>
+void pair_row_backward_sse(Box<acc_t> a, const acc_t* g, const acc_t* c, int64_t m, acc_t* pb, acc_t* ra) {
+  pair_row_backward_body<G, acc_t>(a, g, c, m, pb, ra);
+}
+template <bool G, typename acc_t>
+void pair_row_backward(Box<acc_t> a, const acc_t* g, const acc_t* c, int64_t m, acc_t* pb, acc_t* ra) {
+  cpu::cpu_has_avx2() ? pair_row_backward_avx2<G, acc_t>(a, g, c, m, pb, ra)
+                      : pair_row_backward_sse<G, acc_t>(a, g, c, m, pb, ra);
+}
+
+// One output row in the output dtype (through an acc_t scratch row for half and bfloat16).
+template <bool Generalized, typename scalar_t, typename acc_t>
+void pairwise_row(const Box<acc_t>& a, const acc_t* c, int64_t m, scalar_t* out, std::vector<acc_t>& scratch) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    pair_row<Generalized, acc_t>(a, c, m, out);
+  } else {
+    scratch.resize(m);
+    pair_row<Generalized, acc_t>(a, c, m, scratch.data());
+    for (int64_t j = 0; j < m; ++j) out[j] = static_cast<scalar_t>(scratch[j]);
+  }
+}
+
+// Rows [i0, i1) of one batch item: adds the column gradients into the private buffer pb (corner
+// arrays of length m) and writes the row gradients of boxes1.
 template <bool Generalized, typename scalar_t, typename acc_t>
 void pairwise_backward_rows(const scalar_t* grad, const scalar_t* boxes1, const acc_t* c, int64_t i0, int64_t i1,
                             int64_t m, bool cxcywh, acc_t* pb, scalar_t* grad1) {
-  const acc_t *x0 = c, *y0 = c + m, *x1 = c + 2 * m, *y1 = c + 3 * m;
-  acc_t *gx0 = pb, *gy0 = pb + m, *gx1 = pb + 2 * m, *gy1 = pb + 3 * m;
+  std::vector<acc_t> ra(4 * m), g(std::is_same_v<scalar_t, acc_t> ? 0 : m);
   for (int64_t i = i0; i < i1; ++i) {
-    const Box<acc_t> a = load_box(boxes1 + 4 * i, cxcywh);
-    const scalar_t* g = grad + i * m;
-    Box<acc_t> ga{0, 0, 0, 0};
-    for (int64_t j = 0; j < m; ++j) {
-      Box<acc_t> gb{0, 0, 0, 0};
-      iou_grad<acc_t>(a, Box<acc_t>{x0[j], y0[j], x1[j], y1[j]}, acc_t(0), Generalized, static_cast<acc_t>(g[j]), ga,
-                      gb);
-      gx0[j] += gb.x0;
-      gy0[j] += gb.y0;
-      gx1[j] += gb.x1;
-      gy1[j] += gb.y1;
+    const acc_t* gi;
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      gi = grad + i * m;
+    } else {
+      for (int64_t j = 0; j < m; ++j) g[j] = static_cast<acc_t>(grad[i * m + j]);
+      gi = g.data();
     }
-    store_box(grad1 + 4 * i, corner_grad_to_format(ga, cxcywh));
+    pair_row_backward<Generalized, acc_t>(load_box(boxes1 + 4 * i, cxcywh), gi, c, m, pb, ra.data());
+    Box<acc_t> sa{0, 0, 0, 0};
+    for (int64_t j = 0; j < m; ++j) {
+      sa.x0 += ra[j];
+      sa.y0 += ra[m + j];
+      sa.x1 += ra[2 * m + j];
+      sa.y1 += ra[3 * m + j];
+    }
+    store_box(grad1 + 4 * i, corner_grad_to_format(sa, cxcywh));
   }
 }
 
@@ -99,13 +170,14 @@ at::Tensor pairwise_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2, 
     scalar_t* po = out.mutable_data_ptr<scalar_t>();
     const int64_t grain = std::max<int64_t>(1, 32768 / M);
     at::parallel_for(0, B * N, grain, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> scratch;
       for (int64_t r = begin; r < end; ++r) {
         const Box<acc_t> a = load_box(p1 + 4 * r, cxcywh);
         const acc_t* c = corners.data() + (r / N) * 4 * M;
         if (generalized) {
-          pairwise_row<true>(a, c, M, po + r * M);
+          pairwise_row<true>(a, c, M, po + r * M, scratch);
         } else {
-          pairwise_row<false>(a, c, M, po + r * M);
+          pairwise_row<false>(a, c, M, po + r * M, scratch);
         }
       }
     });

@@ -1,0 +1,43 @@
+# detr_ops — the two commands of the README:
+#   make bench   the benchmark suite against SciPy and naive PyTorch baselines (the main job)
+#   make test    the test suite: CPU/CUDA tests, then the Triton tests under the interpreter
+# Both create .venv on first use (CPU torch 2.13.0 where no torch is present), build detr_ops into
+# it and run. Other targets: bench-full, bench-compare A=... B=..., cmake-test, cuda-build-check.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.detr_ops-env
+PYTEST := $(PY) -m pytest -p no:cacheprovider
+
+.PHONY: bench bench-full bench-compare test cmake-test cuda-build-check build clean
+
+$(STAMP): requirements-dev.txt setup.py scripts/setup_env.sh
+	bash scripts/setup_env.sh $(VENV)
+	touch $(STAMP)
+
+# Incremental rebuild of the extension (ninja) whenever make runs.
+build: $(STAMP)
+	$(PY) setup.py -q build_ext --inplace
+
+test: build
+	$(PYTEST) -q tests
+	TRITON_INTERPRET=1 $(PYTEST) -q -m triton tests
+
+bench: build
+	$(PY) -m benchmarks.run
+
+bench-full: build
+	$(PY) -m benchmarks.run --profile full
+
+bench-compare: $(STAMP)
+	$(PY) -m benchmarks.compare $(A) $(B)
+
+cmake-test: $(STAMP)
+	cmake -S . -B build/cmake -G Ninja -DPython3_EXECUTABLE=$(abspath $(PY))
+	cmake --build build/cmake
+	ctest --test-dir build/cmake --output-on-failure
+
+cuda-build-check:
+	bash scripts/check_cuda_build.sh
+
+clean:
+	rm -rf build detr_ops/*.so
