@@ -34,7 +34,10 @@ def _corners(loc_ptr, k, mask_q, H, W, ok, acc_ptr):
     Hf = H.to(acc_ty)
     x = lx * Wf - 0.5
     y = ly * Hf - 0.5
-    inside = mask_q & ok & (x >= -1.0) & (x < Wf) & (y >= -1.0) & (y < Hf)
+    # `ok` (a scalar) is widened to a vector before the `&`: the interpreter mis-types scalar & vector
+    # bool masks (int32 instead of bool), which tl.load then rejects.
+    ok_q = mask_q & ((k * 0 + ok.to(tl.int64)) != 0)
+    inside = ok_q & (x >= -1.0) & (x < Wf) & (y >= -1.0) & (y < Hf)
     # Replace rejected (possibly NaN/inf) coordinates before the float -> int conversion.
     x = tl.where(inside, x, 0.0)
     y = tl.where(inside, y, 0.0)
