@@ -8,6 +8,11 @@ are computed once per row as [BLOCK_Q] vectors and broadcast over the D channels
 (grid_sample, bilinear, zeros padding, align_corners=False): pixel = x * W - 0.5, corners off the
 map masked out, points outside [-1, W) x [-1, H) (NaN and inf included) masked out entirely.
 
+The ops are ``torch.library.custom_op``s that launch the kernels directly, with the native op's
+fake kernels and autograd. ``torch.library.triton_op`` + ``wrap_triton`` (which would let Inductor
+see inside) does not survive ``opcheck``'s functionalised tracing under ``TRITON_INTERPRET=1``:
+the interpreter runs the kernel on the traced tensors. So the ops stay opaque to ``torch.compile``.
+
 Everything is computed in the dtype of the accumulation buffer the launcher passes (float32, or
 float64 for float64 input) and rounded to the input dtype once at the end. The backward adds into
 grad_value with atomics (into that accumulation buffer), so it is not deterministic; the Python
@@ -16,7 +21,6 @@ autograd refuses it under ``torch.use_deterministic_algorithms(True)``.
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
 
 from detr_ops.ops import ms_deform_attn as _msda_ops
 
@@ -176,7 +180,7 @@ def _blocks(D: int):
     return max(1, min(32, _TILE_ELEMENTS // block_d)), block_d
 
 
-@triton_op("detr_ops::ms_deform_attn_triton", mutates_args=())
+@torch.library.custom_op("detr_ops::ms_deform_attn_triton", mutates_args=())
 def ms_deform_attn_triton(value: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
                           sampling_locations: torch.Tensor, attention_weights: torch.Tensor) -> torch.Tensor:
     N, S, M, D = value.shape
@@ -185,7 +189,7 @@ def ms_deform_attn_triton(value: torch.Tensor, spatial_shapes: torch.Tensor, lev
     if N * Lq * M * D > 0 and L * P > 0:
         block_q, block_d = _blocks(D)
         grid = (triton.cdiv(N * Lq, block_q), M)
-        wrap_triton(_forward_kernel)[grid](
+        _forward_kernel[grid](
             value.contiguous(), spatial_shapes.contiguous(), level_start_index.contiguous(),
             sampling_locations.contiguous(), attention_weights.contiguous(), out, N * Lq, S, M, D, Lq, L, P,
             BLOCK_Q=block_q, BLOCK_D=block_d,
@@ -193,7 +197,7 @@ def ms_deform_attn_triton(value: torch.Tensor, spatial_shapes: torch.Tensor, lev
     return out.to(value.dtype)
 
 
-@triton_op("detr_ops::ms_deform_attn_backward_triton", mutates_args=())
+@torch.library.custom_op("detr_ops::ms_deform_attn_backward_triton", mutates_args=())
 def ms_deform_attn_backward_triton(grad_output: torch.Tensor, value: torch.Tensor, spatial_shapes: torch.Tensor,
                                    level_start_index: torch.Tensor, sampling_locations: torch.Tensor,
                                    attention_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -205,7 +209,7 @@ def ms_deform_attn_backward_triton(grad_output: torch.Tensor, value: torch.Tenso
     if N * Lq * M * D > 0 and L * P > 0:
         block_q, block_d = _blocks(D)
         grid = (triton.cdiv(N * Lq, block_q), M)
-        wrap_triton(_backward_kernel)[grid](
+        _backward_kernel[grid](
             grad_output.to(value.dtype).contiguous(), value.contiguous(), spatial_shapes.contiguous(),
             level_start_index.contiguous(), sampling_locations.contiguous(), attention_weights.contiguous(),
             grad_value, grad_loc, grad_attn, N * Lq, S, M, D, Lq, L, P, BLOCK_Q=block_q, BLOCK_D=block_d,
@@ -213,4 +217,5 @@ def ms_deform_attn_backward_triton(grad_output: torch.Tensor, value: torch.Tenso
     return grad_value.to(value.dtype), grad_loc, grad_attn
 
 
+_msda_ops.register_fakes("_triton")
 _msda_ops.register_autograd("_triton")
