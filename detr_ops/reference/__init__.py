@@ -1,8 +1,8 @@
-"""Plain-PyTorch references of the detr_ops operators.
-
-They need no compiled extension, run on any device and in float64, and are what the tests and
-benchmarks compare the kernels against.
-"""
+"""Plain PyTorch / SciPy references of every op: the tests and benchmarks compare against them,
+and they run without the compiled extension."""
+from detr_ops.reference.box_iou import (
+    box_iou_reference,
+    generalized_box_iou_loss_reference,
+    generalized_box_iou_reference,
+)
 from detr_ops.reference.ms_deform_attn import ms_deform_attn_pytorch
-
-__all__ = ["ms_deform_attn_pytorch"]
