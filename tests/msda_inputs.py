@@ -1,7 +1,7 @@
 """Input builders and the float64 grid_sample comparison shared by the MSDA test modules."""
 import torch
 
-from cases import TOLERANCE
+from tests.cases import TOLERANCE
 from detr_ops import ms_deform_attn, ms_deform_attn_pytorch
 
 # Small levels for every backend (the Triton interpreter is slow): one single-pixel level included.

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 import detr_ops
-from cases import DEVICE_BACKENDS, FLOAT_DTYPES, device_backend_param, dtype_param
+from tests.cases import DEVICE_BACKENDS, FLOAT_DTYPES, device_backend_param, dtype_param
 from detr_ops import MSDeformAttnFunction, ms_deform_attn
-from msda_inputs import SMALL_LEVELS, check_against_reference, level_tensors, make_inputs, op_and_grads
+from tests.msda_inputs import SMALL_LEVELS, check_against_reference, level_tensors, make_inputs, op_and_grads
 
 
 @device_backend_param

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cases import device_backend_param
+from tests.cases import device_backend_param
 from detr_ops import MSDeformAttn, ms_deform_attn_pytorch
-from msda_inputs import level_tensors
+from tests.msda_inputs import level_tensors
 
 LEVELS = [(6, 5), (3, 3), (2, 1), (1, 1)]
 
