@@ -25,12 +25,47 @@
 #include "ops/common/ms_deform_attn.h"
 #include "ops/common/ms_deform_attn_checks.h"
 
+// The hot loops are compiled twice, for baseline x86-64 and for AVX2+FMA (x86-64-v3), and the
+// loader picks one at run time: torch extensions are built without -march, so the loops over D
+// would otherwise be limited to SSE2.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define DETR_MSDA_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define DETR_MSDA_CLONES
+#endif
+
 namespace detr_ops::msda {
 namespace {
 
+// Independent partial sums of a dot product: a single running sum is a serial dependency chain the
+// compiler may not reorder (no -ffast-math); kLanes fixed partial sums, added in a fixed order,
+// vectorise and stay deterministic.
+constexpr int kLanes = 8;
+
+// Returns <g, r> over D channels and adds w * g into gr.
+template <typename scalar_t, typename acc_t>
+inline acc_t dot_and_axpy(const acc_t* __restrict__ g, const scalar_t* __restrict__ r, acc_t* __restrict__ gr, acc_t w,
+                          int64_t D) {
+  acc_t part[kLanes] = {};
+  int64_t d = 0;
+  for (; d + kLanes <= D; d += kLanes) {
+    for (int j = 0; j < kLanes; ++j) {
+      part[j] += g[d + j] * static_cast<acc_t>(r[d + j]);
+      gr[d + j] += w * g[d + j];
+    }
+  }
+  acc_t sum = acc_t(0);
+  for (; d < D; ++d) {
+    sum += g[d] * static_cast<acc_t>(r[d]);
+    gr[d] += w * g[d];
+  }
+  for (int j = 0; j < kLanes; ++j) sum += part[j];
+  return sum;
+}
+
 // acc[d] += sum over on-map corners of weight[c] * row_c[d].
 template <typename scalar_t, typename acc_t>
-inline void accumulate_point(acc_t* acc, const scalar_t* base, int64_t row_stride, const Bilinear<acc_t>& b, acc_t a,
+inline void accumulate_point(acc_t* __restrict__ acc, const scalar_t* __restrict__ base, int64_t row_stride, const Bilinear<acc_t>& b, acc_t a,
                              int64_t D) {
   if (b.pixel[0] >= 0 && b.pixel[1] >= 0 && b.pixel[2] >= 0 && b.pixel[3] >= 0) {
     // Interior point, the common case: one fused sweep over the four rows.
@@ -73,6 +108,77 @@ Levels read_levels(const at::Tensor& spatial_shapes, const at::Tensor& level_sta
   return lv;
 }
 
+// Queries [begin, end) of the flattened batch x queries: all heads, levels and points.
+template <typename scalar_t>
+DETR_MSDA_CLONES void forward_range(const Sizes& s, const Levels& lv, const scalar_t* pv, const scalar_t* ploc,
+                                    const scalar_t* pa, scalar_t* po, int64_t begin, int64_t end) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t MD = s.M * s.D;
+  std::vector<acc_t> acc(s.D);
+  for (int64_t nq = begin; nq < end; ++nq) {
+    const int64_t n = nq / s.Lq;
+    for (int64_t m = 0; m < s.M; ++m) {
+      std::fill(acc.begin(), acc.end(), acc_t(0));
+      const int64_t point0 = (nq * s.M + m) * s.L * s.P;  // index of (n, q, m, l=0, p=0)
+      for (int64_t l = 0; l < s.L; ++l) {
+        if (!lv.ok[l]) continue;
+        const scalar_t* base = pv + ((n * s.S + lv.start[l]) * s.M + m) * s.D;
+        for (int64_t p = 0; p < s.P; ++p) {
+          const int64_t k = point0 + l * s.P + p;
+          const Bilinear<acc_t> b = bilinear<acc_t>(ploc[2 * k], ploc[2 * k + 1], lv.H[l], lv.W[l]);
+          if (!b.any) continue;
+          accumulate_point(acc.data(), base, MD, b, static_cast<acc_t>(pa[k]), s.D);
+        }
+      }
+      scalar_t* o = po + nq * MD + m * s.D;
+      for (int64_t d = 0; d < s.D; ++d) o[d] = static_cast<scalar_t>(acc[d]);
+    }
+  }
+}
+
+// Backward tasks [begin, end) of the (batch, head, level) split described at the top.
+template <typename scalar_t>
+DETR_MSDA_CLONES void backward_tasks(const Sizes& s, const Levels& lv, const scalar_t* pv, const scalar_t* ploc,
+                                     const scalar_t* pa, const scalar_t* pg, at::opmath_type<scalar_t>* pgv,
+                                     scalar_t* pgl, scalar_t* pga, int64_t begin, int64_t end) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t MD = s.M * s.D;
+  std::vector<acc_t> gbuf(s.D);
+  for (int64_t task = begin; task < end; ++task) {
+    const int64_t l = task % s.L, m = (task / s.L) % s.M, n = task / (s.L * s.M);
+    if (!lv.ok[l]) continue;  // its gradients stay zero, as its (skipped) forward contribution
+    const int64_t H = lv.H[l], W = lv.W[l];
+    const int64_t row0 = (n * s.S + lv.start[l]) * s.M + m;
+    const scalar_t* vbase = pv + row0 * s.D;
+    acc_t* gvbase = pgv + row0 * s.D;
+    for (int64_t q = 0; q < s.Lq; ++q) {
+      const scalar_t* gq = pg + ((n * s.Lq + q) * s.M + m) * s.D;
+      for (int64_t d = 0; d < s.D; ++d) gbuf[d] = static_cast<acc_t>(gq[d]);
+      const int64_t point0 = (((n * s.Lq + q) * s.M + m) * s.L + l) * s.P;
+      for (int64_t p = 0; p < s.P; ++p) {
+        const int64_t k = point0 + p;
+        const Bilinear<acc_t> b = bilinear<acc_t>(ploc[2 * k], ploc[2 * k + 1], H, W);
+        if (!b.any) continue;
+        const acc_t a = static_cast<acc_t>(pa[k]);
+        acc_t dot[4] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
+        for (int c = 0; c < 4; ++c) {
+          if (b.pixel[c] < 0) continue;
+          const scalar_t* r = vbase + b.pixel[c] * MD;
+          acc_t* gr = gvbase + b.pixel[c] * MD;
+          const acc_t w = a * b.weight[c];
+          dot[c] = dot_and_axpy(gbuf.data(), r, gr, w, s.D);
+        }
+        acc_t gx, gy;
+        pixel_grad(b, dot, gx, gy);
+        pga[k] = static_cast<scalar_t>(b.weight[0] * dot[0] + b.weight[1] * dot[1] + b.weight[2] * dot[2] +
+                                       b.weight[3] * dot[3]);
+        pgl[2 * k] = static_cast<scalar_t>(a * gx * static_cast<acc_t>(W));
+        pgl[2 * k + 1] = static_cast<scalar_t>(a * gy * static_cast<acc_t>(H));
+      }
+    }
+  }
+}
+
 at::Tensor ms_deform_attn_cpu(const at::Tensor& value, const at::Tensor& spatial_shapes,
                               const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
                               const at::Tensor& attention_weights) {
@@ -81,36 +187,15 @@ at::Tensor ms_deform_attn_cpu(const at::Tensor& value, const at::Tensor& spatial
   if (out.numel() == 0) return out;
   const Levels lv = read_levels(spatial_shapes, level_start_index, s.S);
   const at::Tensor v = value.contiguous(), loc = sampling_locations.contiguous(), attn = attention_weights.contiguous();
-  const int64_t MD = s.M * s.D;
   const int64_t work_per_query = std::max<int64_t>(1, s.M * s.L * s.P * 4 * s.D);
   const int64_t grain = std::max<int64_t>(1, 65536 / work_per_query);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "ms_deform_attn_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* pv = v.const_data_ptr<scalar_t>();
     const scalar_t* ploc = loc.const_data_ptr<scalar_t>();
     const scalar_t* pa = attn.const_data_ptr<scalar_t>();
     scalar_t* po = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, s.N * s.Lq, grain, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> acc(s.D);
-      for (int64_t nq = begin; nq < end; ++nq) {
-        const int64_t n = nq / s.Lq;
-        for (int64_t m = 0; m < s.M; ++m) {
-          std::fill(acc.begin(), acc.end(), acc_t(0));
-          const int64_t point0 = (nq * s.M + m) * s.L * s.P;  // index of (n, q, m, l=0, p=0)
-          for (int64_t l = 0; l < s.L; ++l) {
-            if (!lv.ok[l]) continue;
-            const scalar_t* base = pv + ((n * s.S + lv.start[l]) * s.M + m) * s.D;
-            for (int64_t p = 0; p < s.P; ++p) {
-              const int64_t k = point0 + l * s.P + p;
-              const Bilinear<acc_t> b = bilinear<acc_t>(ploc[2 * k], ploc[2 * k + 1], lv.H[l], lv.W[l]);
-              if (!b.any) continue;
-              accumulate_point(acc.data(), base, MD, b, static_cast<acc_t>(pa[k]), s.D);
-            }
-          }
-          scalar_t* o = po + nq * MD + m * s.D;
-          for (int64_t d = 0; d < s.D; ++d) o[d] = static_cast<scalar_t>(acc[d]);
-        }
-      }
+      forward_range(s, lv, pv, ploc, pa, po, begin, end);
     });
   });
   return out;
@@ -132,7 +217,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
   const Levels lv = read_levels(spatial_shapes, level_start_index, s.S);
   const at::Tensor v = value.contiguous(), loc = sampling_locations.contiguous(), attn = attention_weights.contiguous();
   const at::Tensor g = grad_output.to(value.scalar_type()).contiguous();
-  const int64_t MD = s.M * s.D;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "ms_deform_attn_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* pv = v.const_data_ptr<scalar_t>();
@@ -143,45 +227,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
     scalar_t* pgl = grad_loc.mutable_data_ptr<scalar_t>();
     scalar_t* pga = grad_attn.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, s.N * s.M * s.L, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> gbuf(s.D);
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t l = task % s.L, m = (task / s.L) % s.M, n = task / (s.L * s.M);
-        if (!lv.ok[l]) continue;  // its gradients stay zero, as its (skipped) forward contribution
-        const int64_t H = lv.H[l], W = lv.W[l];
-        const int64_t row0 = (n * s.S + lv.start[l]) * s.M + m;
-        const scalar_t* vbase = pv + row0 * s.D;
-        acc_t* gvbase = pgv + row0 * s.D;
-        for (int64_t q = 0; q < s.Lq; ++q) {
-          const scalar_t* gq = pg + ((n * s.Lq + q) * s.M + m) * s.D;
-          for (int64_t d = 0; d < s.D; ++d) gbuf[d] = static_cast<acc_t>(gq[d]);
-          const int64_t point0 = (((n * s.Lq + q) * s.M + m) * s.L + l) * s.P;
-          for (int64_t p = 0; p < s.P; ++p) {
-            const int64_t k = point0 + p;
-            const Bilinear<acc_t> b = bilinear<acc_t>(ploc[2 * k], ploc[2 * k + 1], H, W);
-            if (!b.any) continue;
-            const acc_t a = static_cast<acc_t>(pa[k]);
-            acc_t dot[4] = {acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
-            for (int c = 0; c < 4; ++c) {
-              if (b.pixel[c] < 0) continue;
-              const scalar_t* r = vbase + b.pixel[c] * MD;
-              acc_t* gr = gvbase + b.pixel[c] * MD;
-              const acc_t w = a * b.weight[c];
-              acc_t sum = acc_t(0);
-              for (int64_t d = 0; d < s.D; ++d) {
-                sum += gbuf[d] * static_cast<acc_t>(r[d]);
-                gr[d] += w * gbuf[d];
-              }
-              dot[c] = sum;
-            }
-            acc_t gx, gy;
-            pixel_grad(b, dot, gx, gy);
-            pga[k] = static_cast<scalar_t>(b.weight[0] * dot[0] + b.weight[1] * dot[1] + b.weight[2] * dot[2] +
-                                           b.weight[3] * dot[3]);
-            pgl[2 * k] = static_cast<scalar_t>(a * gx * static_cast<acc_t>(W));
-            pgl[2 * k + 1] = static_cast<scalar_t>(a * gy * static_cast<acc_t>(H));
-          }
-        }
-      }
+      backward_tasks(s, lv, pv, ploc, pa, pg, pgv, pgl, pga, begin, end);
     });
   });
   return {grad_value.to(value.scalar_type()), grad_loc, grad_attn};
