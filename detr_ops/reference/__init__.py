@@ -5,3 +5,4 @@ from detr_ops.reference.box_iou import (
     generalized_box_iou_loss_reference,
     generalized_box_iou_reference,
 )
+from detr_ops.reference.ms_deform_attn import ms_deform_attn_pytorch
