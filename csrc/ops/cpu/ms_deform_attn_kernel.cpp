@@ -24,15 +24,8 @@
 
 #include "ops/common/ms_deform_attn.h"
 #include "ops/common/ms_deform_attn_checks.h"
+#include "ops/cpu/cpu_isa.h"  // DETR_CPU_CLONES: the hot loops run as AVX2+FMA builds where the CPU has it
 
-// The hot loops are compiled twice, for baseline x86-64 and for AVX2+FMA (x86-64-v3), and the
-// loader picks one at run time: torch extensions are built without -march, so the loops over D
-// would otherwise be limited to SSE2.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define DETR_MSDA_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define DETR_MSDA_CLONES
-#endif
 
 namespace detr_ops::msda {
 namespace {
@@ -110,7 +103,7 @@ Levels read_levels(const at::Tensor& spatial_shapes, const at::Tensor& level_sta
 
 // Queries [begin, end) of the flattened batch x queries: all heads, levels and points.
 template <typename scalar_t>
-DETR_MSDA_CLONES void forward_range(const Sizes& s, const Levels& lv, const scalar_t* pv, const scalar_t* ploc,
+DETR_CPU_CLONES void forward_range(const Sizes& s, const Levels& lv, const scalar_t* pv, const scalar_t* ploc,
                                     const scalar_t* pa, scalar_t* po, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t MD = s.M * s.D;
@@ -138,7 +131,7 @@ DETR_MSDA_CLONES void forward_range(const Sizes& s, const Levels& lv, const scal
 
 // Backward tasks [begin, end) of the (batch, head, level) split described at the top.
 template <typename scalar_t>
-DETR_MSDA_CLONES void backward_tasks(const Sizes& s, const Levels& lv, const scalar_t* pv, const scalar_t* ploc,
+DETR_CPU_CLONES void backward_tasks(const Sizes& s, const Levels& lv, const scalar_t* pv, const scalar_t* ploc,
                                      const scalar_t* pa, const scalar_t* pg, at::opmath_type<scalar_t>* pgv,
                                      scalar_t* pgl, scalar_t* pga, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
