@@ -96,13 +96,6 @@ def _prepare(value, value_spatial_shapes, value_level_start_index, sampling_loca
     return value.to(dtype), shapes, starts, locations.to(dtype), weights.to(dtype)
 
 
-def _require_extension() -> None:
-    # Dynamo cannot trace the pybind11 call inside _extension.load(). While tracing, a missing
-    # extension still fails clearly: torch.ops.detr_ops.ms_deform_attn does not resolve.
-    if not torch.compiler.is_compiling():
-        _extension.load()
-
-
 def ms_deform_attn(value, value_spatial_shapes, value_level_start_index, sampling_locations, attention_weights,
                    im2col_step=64, *, backend: str = "auto", validate=None):
     """Multi-scale deformable attention: ``[N, S, M, D]`` values -> ``[N, Lq, M*D]``.
@@ -115,7 +108,7 @@ def ms_deform_attn(value, value_spatial_shapes, value_level_start_index, samplin
     value, shapes, starts, locations, weights = _prepare(
         value, value_spatial_shapes, value_level_start_index, sampling_locations, attention_weights, validate
     )
-    _require_extension()
+    _extension.load()
     if _backend.resolve(backend, value.device) == "triton":
         _backend.triton_ops("ms_deform_attn")
         return torch.ops.detr_ops.ms_deform_attn_triton(value, shapes, starts, locations, weights)
@@ -148,7 +141,7 @@ class MSDeformAttnFunction(torch.autograd.Function):
         value, shapes, starts, locations, weights = _prepare(
             value, value_spatial_shapes, value_level_start_index, sampling_locations, attention_weights, None
         )
-        _require_extension()
+        _extension.load()
         ctx.save_for_backward(value, shapes, starts, locations, weights)
         return torch.ops.detr_ops.ms_deform_attn(value, shapes, starts, locations, weights)
 
