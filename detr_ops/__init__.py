@@ -14,6 +14,7 @@ from detr_ops.ops.box_iou import (
     generalized_box_iou,
     generalized_box_iou_loss,
 )
+from detr_ops.ops.matching_cost import matching_cost, pad_targets
 from detr_ops.ops.ms_deform_attn import MSDeformAttnFunction, ms_deform_attn
 from detr_ops.reference.ms_deform_attn import ms_deform_attn_pytorch
 from detr_ops.nn.ms_deform_attn import MSDeformAttn
@@ -28,6 +29,8 @@ __all__ = [
     "box_validity",
     "box_cxcywh_to_xyxy",
     "box_xyxy_to_cxcywh",
+    "matching_cost",
+    "pad_targets",
     "ms_deform_attn",
     "MSDeformAttnFunction",
     "ms_deform_attn_pytorch",

@@ -1,0 +1,36 @@
+// Host-side argument checks of detr_ops::matching_cost, shared by the CPU and CUDA kernels.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+namespace detr_ops::matching {
+
+inline void check_inputs(const at::Tensor& logits, const at::Tensor& boxes, const at::Tensor& labels,
+                         const at::Tensor& tboxes, const at::Tensor& num_targets) {
+  TORCH_CHECK_VALUE(logits.dim() == 3, "pred_logits must be [B, Q, K], got shape ", logits.sizes());
+  const int64_t B = logits.size(0), Q = logits.size(1);
+  TORCH_CHECK_VALUE(boxes.dim() == 3 && boxes.size(0) == B && boxes.size(1) == Q && boxes.size(2) == 4,
+                    "pred_boxes must be [B, Q, 4] = [", B, ", ", Q, ", 4], got shape ", boxes.sizes());
+  TORCH_CHECK_VALUE(labels.dim() == 2 && labels.size(0) == B, "tgt_labels must be [B, T] with B = ", B,
+                    ", got shape ", labels.sizes());
+  const int64_t T = labels.size(1);
+  TORCH_CHECK_VALUE(tboxes.dim() == 3 && tboxes.size(0) == B && tboxes.size(1) == T && tboxes.size(2) == 4,
+                    "tgt_boxes must be [B, T, 4] = [", B, ", ", T, ", 4], got shape ", tboxes.sizes());
+  TORCH_CHECK_VALUE(num_targets.dim() == 1 && num_targets.size(0) == B, "num_targets must be [B] with B = ", B,
+                    ", got shape ", num_targets.sizes());
+  TORCH_CHECK_VALUE(at::isFloatingType(logits.scalar_type()), "pred_logits must be floating point, got ",
+                    logits.scalar_type());
+  TORCH_CHECK_VALUE(at::isFloatingType(boxes.scalar_type()) && at::isFloatingType(tboxes.scalar_type()),
+                    "pred_boxes and tgt_boxes must be floating point, got ", boxes.scalar_type(), " and ",
+                    tboxes.scalar_type());
+  TORCH_CHECK_VALUE(labels.scalar_type() == at::kLong, "tgt_labels must be int64, got ", labels.scalar_type());
+  TORCH_CHECK_VALUE(num_targets.scalar_type() == at::kLong, "num_targets must be int64, got ",
+                    num_targets.scalar_type());
+  for (const at::Tensor* t : {&boxes, &labels, &tboxes, &num_targets}) {
+    TORCH_CHECK_VALUE(t->device() == logits.device(), "all inputs must be on pred_logits' device ", logits.device(),
+                      ", got one on ", t->device());
+  }
+}
+
+}  // namespace detr_ops::matching

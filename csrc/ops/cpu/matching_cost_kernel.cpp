@@ -1,0 +1,78 @@
+// CPU kernel of detr_ops::matching_cost: one task per (image, query) row; the softmax statistics of
+// the row are computed once, then every target of that image is costed. No [B*Q, sum T] matrix.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+
+#include "ops/common/matching_cost.h"
+#include "ops/common/matching_cost_checks.h"
+
+namespace detr_ops::matching {
+namespace {
+
+at::Tensor matching_cost_cpu(const at::Tensor& pred_logits, const at::Tensor& pred_boxes, const at::Tensor& tgt_labels,
+                             const at::Tensor& tgt_boxes, const at::Tensor& num_targets, double cost_class,
+                             double cost_bbox, double cost_giou, bool focal, double focal_alpha, double focal_gamma) {
+  check_inputs(pred_logits, pred_boxes, tgt_labels, tgt_boxes, num_targets);
+  const int64_t B = pred_logits.size(0), Q = pred_logits.size(1), K = pred_logits.size(2), T = tgt_labels.size(1);
+  const at::ScalarType acc = at::toOpMathType(pred_logits.scalar_type());
+  const at::Tensor logits = pred_logits.to(acc).contiguous();
+  const at::Tensor boxes = pred_boxes.to(acc).contiguous();
+  const at::Tensor tboxes = tgt_boxes.to(acc).contiguous();
+  const at::Tensor labels = tgt_labels.contiguous();
+  const at::Tensor counts = num_targets.contiguous();
+  at::Tensor out = at::empty({B, Q, T}, logits.options());
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(acc, "matching_cost_cpu", [&] {
+    using T_ = scalar_t;
+    const T_* pl = logits.const_data_ptr<T_>();
+    const T_* pb = boxes.const_data_ptr<T_>();
+    const T_* ptb = tboxes.const_data_ptr<T_>();
+    const int64_t* plab = labels.const_data_ptr<int64_t>();
+    const int64_t* pn = counts.const_data_ptr<int64_t>();
+    T_* po = out.mutable_data_ptr<T_>();
+    const T_ wc = static_cast<T_>(cost_class), wb = static_cast<T_>(cost_bbox), wg = static_cast<T_>(cost_giou);
+    const T_ alpha = static_cast<T_>(focal_alpha), gamma = static_cast<T_>(focal_gamma);
+    const T_ inf = std::numeric_limits<T_>::infinity(), nan = std::numeric_limits<T_>::quiet_NaN();
+    at::parallel_for(0, B * Q, std::max<int64_t>(1, 4096 / std::max<int64_t>(T, 1)), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t b = r / Q;
+        const T_* row = pl + r * K;
+        T_ mx = -inf, sum = T_(0);
+        if (!focal) {
+          for (int64_t k = 0; k < K; ++k) mx = std::max(mx, row[k]);
+          for (int64_t k = 0; k < K; ++k) sum += std::exp(row[k] - mx);
+        }
+        const int64_t n = std::min(std::max<int64_t>(pn[b], 0), T);
+        T_* o = po + r * T;
+        for (int64_t t = 0; t < T; ++t) {
+          if (t >= n) {
+            o[t] = inf;
+            continue;
+          }
+          const int64_t label = plab[b * T + t];
+          if (label < 0 || label >= K) {
+            o[t] = nan;
+            continue;
+          }
+          const T_ class_term = focal ? focal_class_cost<T_>(row[label], alpha, gamma) : -(std::exp(row[label] - mx) / sum);
+          o[t] = pair_cost<T_>(class_term, pb + r * 4, ptb + (b * T + t) * 4, wc, wb, wg);
+        }
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(detr_ops, CPU, m) {
+  m.impl("matching_cost", &matching_cost_cpu);
+}
+
+}  // namespace detr_ops::matching

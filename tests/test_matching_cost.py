@@ -1,0 +1,119 @@
+"""The fused matching cost against DETR's / Deformable DETR's unfused cost matrix."""
+import pytest
+import torch
+
+import detr_ops
+from detr_ops.reference import detr_cost_matrix
+from tests.cases import device_backend_param, opcheck_utils
+
+SIZES = [3, 0, 5, 1]
+
+
+def make_batch(num_targets=SIZES, Q=9, K=6, dtype=torch.float64, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    B = len(num_targets)
+    logits = torch.randn(B, Q, K, generator=g, dtype=torch.float64).to(device, dtype)
+    boxes = (torch.rand(B, Q, 4, generator=g, dtype=torch.float64) * 0.5 + 0.05).to(device, dtype)
+    targets = [
+        {
+            "labels": torch.randint(0, K, (n,), generator=g).to(device),
+            "boxes": (torch.rand(n, 4, generator=g, dtype=torch.float64) * 0.5 + 0.05).to(device, dtype),
+        }
+        for n in num_targets
+    ]
+    return {"pred_logits": logits, "pred_boxes": boxes}, targets
+
+
+def per_image_blocks(cost, sizes):
+    return [c[i] for i, c in enumerate(cost.split(sizes, -1))]
+
+
+@device_backend_param
+@pytest.mark.parametrize("focal", [False, True], ids=["softmax", "focal"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str)
+def test_matches_unfused_cost(device, backend, focal, dtype):
+    outputs, targets = make_batch(dtype=dtype, device=device)
+    labels, boxes, num = detr_ops.pad_targets(targets)
+    weights = dict(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, focal=focal)
+    cost = detr_ops.matching_cost(outputs["pred_logits"], outputs["pred_boxes"], labels, boxes, num, **weights,
+                                  backend=backend)
+    assert cost.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    # the reference in float64 on the same (rounded) inputs
+    ref_out = {k: v.double() for k, v in outputs.items()}
+    ref_tgt = [{"labels": t["labels"], "boxes": t["boxes"].double()} for t in targets]
+    expected = detr_cost_matrix(ref_out, ref_tgt, **weights)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    for b, (block, n) in enumerate(zip(per_image_blocks(expected, SIZES), SIZES)):
+        torch.testing.assert_close(cost[b, :, :n].double().cpu(), block.cpu(), **tol)
+        assert torch.isinf(cost[b, :, n:]).all() and (cost[b, :, n:] > 0).all()
+
+
+@device_backend_param
+def test_out_of_range_label_gives_nan_column_on_the_op(device, backend):
+    """Checked in Python on CPU; the op itself never reads out of bounds: the column is NaN."""
+    outputs, targets = make_batch(num_targets=[2], device=device)
+    labels, boxes, num = detr_ops.pad_targets(targets)
+    labels[0, 1] = 99
+    op = torch.ops.detr_ops.matching_cost_triton if backend == "triton" else torch.ops.detr_ops.matching_cost
+    if backend == "triton":
+        detr_ops._backend.triton_ops("matching_cost")
+    cost = op(outputs["pred_logits"], outputs["pred_boxes"], labels, boxes, num, 1.0, 1.0, 1.0, False, 0.25, 2.0)
+    assert torch.isnan(cost[0, :, 1]).all() and torch.isfinite(cost[0, :, 0]).all()
+
+
+def test_python_wrapper_rejects_bad_labels_on_cpu():
+    outputs, targets = make_batch(num_targets=[2])
+    labels, boxes, num = detr_ops.pad_targets(targets)
+    labels[0, 0] = -1
+    with pytest.raises(ValueError, match="tgt_labels must be in"):
+        detr_ops.matching_cost(outputs["pred_logits"], outputs["pred_boxes"], labels, boxes, num)
+
+
+def test_pad_targets_shapes_and_empty_batch():
+    _, targets = make_batch(num_targets=[0, 0])
+    labels, boxes, num = detr_ops.pad_targets(targets)
+    assert labels.shape == (2, 1) and boxes.shape == (2, 1, 4) and num.tolist() == [0, 0]
+    with pytest.raises(ValueError, match="labels \\[T\\] and boxes \\[T, 4\\]"):
+        detr_ops.pad_targets([{"labels": torch.zeros(2, dtype=torch.long), "boxes": torch.zeros(3, 4)}])
+    with pytest.raises(ValueError, match="non-empty list"):
+        detr_ops.pad_targets([])
+
+
+BAD = [
+    pytest.param(dict(pred_logits=torch.randn(2, 3)), "pred_logits must be", id="logits-ndim"),
+    pytest.param(dict(pred_boxes=torch.rand(2, 4, 3)), "pred_boxes must be", id="boxes-shape"),
+    pytest.param(dict(tgt_labels=torch.zeros(2, 2, dtype=torch.int32)), "int64", id="labels-dtype"),
+    pytest.param(dict(num_targets=torch.zeros(3, dtype=torch.long)), "num_targets must be", id="num-shape"),
+    pytest.param(dict(tgt_boxes=torch.rand(2, 2, 4, device="meta")), "same device", id="device"),
+]
+
+
+@pytest.mark.parametrize("override,message", BAD)
+def test_bad_inputs(override, message):
+    args = dict(pred_logits=torch.randn(2, 4, 5), pred_boxes=torch.rand(2, 4, 4),
+                tgt_labels=torch.zeros(2, 2, dtype=torch.long), tgt_boxes=torch.rand(2, 2, 4),
+                num_targets=torch.tensor([1, 2]))
+    args.update(override)
+    with pytest.raises(ValueError, match=message):
+        detr_ops.matching_cost(**args)
+
+
+@device_backend_param
+def test_opcheck(device, backend):
+    outputs, targets = make_batch(device=device)
+    labels, boxes, num = detr_ops.pad_targets(targets)
+    if backend == "triton":
+        detr_ops._backend.triton_ops("matching_cost")
+    op = torch.ops.detr_ops.matching_cost_triton if backend == "triton" else torch.ops.detr_ops.matching_cost
+    for focal in (False, True):
+        torch.library.opcheck(op, (outputs["pred_logits"], outputs["pred_boxes"], labels, boxes, num, 1.0, 5.0, 2.0,
+                                   focal, 0.25, 2.0), test_utils=opcheck_utils(backend))
+
+
+def test_torch_compile_fullgraph():
+    outputs, targets = make_batch()
+    labels, boxes, num = detr_ops.pad_targets(targets)
+    fn = torch.compile(lambda *a: detr_ops.matching_cost(*a, cost_bbox=5.0), fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(fn(outputs["pred_logits"], outputs["pred_boxes"], labels, boxes, num),
+                               detr_ops.matching_cost(outputs["pred_logits"], outputs["pred_boxes"], labels, boxes, num,
+                                                      cost_bbox=5.0))
