@@ -30,8 +30,9 @@ def machine_summary(machine_info) -> str:
     return ", ".join(p for p in parts if p)
 
 
-def write_report(json_path, out_dir=None, plot=True, stream=sys.stdout):
+def write_report(json_path, out_dir=None, plot=True, stream=None):
     """Writes the report files; returns the markdown table (with its heading line)."""
+    stream = stream or sys.stdout  # looked up at call time, so redirection (and capsys) applies
     out_dir = out_dir or os.path.dirname(os.path.abspath(json_path))
     os.makedirs(out_dir, exist_ok=True)
     rows, skipped, machine_info = load(json_path)

@@ -73,10 +73,11 @@ def build(rows: List[Row]):
 
 
 def to_markdown(lines: List[Line], columns: List[str]) -> str:
-    with_memory = any(r.peak_bytes is not None for ln in lines for r in _rows_of(ln))
+    # Peak memory columns only where some row carries it (the suites record it where it matters).
+    base_memory = any(ln.baseline and ln.baseline.peak_bytes is not None for ln in lines)
+    memory_columns = [c for c in columns if any(c in ln.ours and ln.ours[c].peak_bytes is not None for ln in lines)]
     header = ["op", "case", "pass", "baseline", "baseline time"] + [f"detr_ops {c}" for c in columns] + ["speedup"]
-    if with_memory:
-        header += ["baseline peak"] + [f"{c} peak" for c in columns]
+    header += (["baseline peak"] if base_memory else []) + [f"{c} peak" for c in memory_columns]
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i < 4 else "---:" for i in range(len(header))) + "|"]
     for ln in lines:
         cells = [
@@ -88,9 +89,9 @@ def to_markdown(lines: List[Line], columns: List[str]) -> str:
         ]
         cells += [format_time(ln.ours[c].time_s) if c in ln.ours else "—" for c in columns]
         cells.append(_speedup_cell(ln))
-        if with_memory:
+        if base_memory:
             cells.append(format_bytes(ln.baseline.peak_bytes) if ln.baseline else "—")
-            cells += [format_bytes(ln.ours[c].peak_bytes) if c in ln.ours else "—" for c in columns]
+        cells += [format_bytes(ln.ours[c].peak_bytes) if c in ln.ours else "—" for c in memory_columns]
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
@@ -102,7 +103,3 @@ def _speedup_cell(ln: Line) -> str:
         best_column = next(c for c, r in ln.ours.items() if r is ln.best)
         text += f" ({best_column})"
     return text
-
-
-def _rows_of(ln: Line):
-    return ([ln.baseline] if ln.baseline else []) + list(ln.ours.values())
