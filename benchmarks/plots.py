@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
 
 from benchmarks.results import Row, format_ratio  # noqa: E402
 from benchmarks.table import Line  # noqa: E402
@@ -39,19 +40,24 @@ def speedup_plot(lines: List[Line], path) -> int:
     colors = {op: plt.get_cmap("tab10")(i % 10) for i, op in enumerate(ops)}
     fig, ax = plt.subplots(figsize=(11, 0.8 + 0.32 * len(bars)))
     y = list(range(len(bars)))[::-1]  # first table line at the top
-    ax.barh(y, [b[1] for b in bars], color=[colors[b[2]] for b in bars], height=0.7, left=0)
+    # Bars grow from the 1x line: right for faster, left for slower (a log axis has no zero).
+    ax.barh(y, [b[1] - 1.0 for b in bars], left=1.0, color=[colors[b[2]] for b in bars], height=0.7)
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_yticks(y, [b[0] for b in bars], fontsize=8)
     values = [b[1] for b in bars]
     # Room on both sides for the labels, and always show the 1x line.
     ax.set_xlim(min(min(values), 1.0) / 2.5, max(max(values), 1.0) * 2.5)
     for yi, (_, s, _, _) in zip(y, bars):
-        ax.text(s * 1.05, yi, format_ratio(s), va="center", ha="left", fontsize=7)
+        if s >= 1:
+            ax.text(s * 1.05, yi, format_ratio(s), va="center", ha="left", fontsize=7)
+        else:
+            ax.text(s / 1.05, yi, format_ratio(s), va="center", ha="right", fontsize=7)
     ax.set_xlabel("speedup of detr_ops over the baseline (baseline time / detr_ops time, log scale)")
     ax.set_title("detr_ops speedup per op and shape (right of the line: detr_ops faster)")
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors[op]) for op in ops]
-    ax.legend(handles, ops, loc="lower right", fontsize=8)
+    ax.legend(handles, ops, loc="best", fontsize=8)
     ax.grid(axis="x", which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -66,34 +72,45 @@ def solver_single_rows(rows: List[Row]) -> List[Row]:
 def lsa_scaling_plot(rows: List[Row], path) -> Optional[str]:
     """Time versus rows*cols for the solver's single problems, one line per implementation, log-log.
 
+    Rectangular (DETR-like: queries x targets) and square problems go in separate panels: at the
+    same size a square problem is far harder, so one line through both would zigzag.
     Returns None when written, else the reason it was skipped (no solver rows in this run)."""
     single = solver_single_rows(rows)
     if not single:
         return f"no single-problem rows for {SOLVER_OP} in this run"
+    panels = [(title, [r for r in single if pick(*_dims(r.case))]) for title, pick in (
+        ("rectangular (queries x targets)", lambda m, n: m != n), ("square", lambda m, n: m == n))]
+    panels = [(t, rs) for t, rs in panels if rs]
+    impls = list(dict.fromkeys(r.impl for r in single))
+    colors = {impl: plt.get_cmap("tab10")(i % 10) for i, impl in enumerate(impls)}
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for impl in dict.fromkeys(r.impl for r in single):
-        points = sorted((_size(r.case), r.time_s, r.case) for r in single if r.impl == impl)
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=impl)
-    # Name the shapes on the axis: several shapes share a size (e.g. 900x100 and 300x300).
-    sizes = {}
-    for r in single:
-        sizes.setdefault(_size(r.case), []).append(r.case)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xticks(sorted(sizes), ["\n".join(dict.fromkeys(sizes[s])) for s in sorted(sizes)], fontsize=7)
-    ax.minorticks_off()
-    ax.set_xlabel("problem size rows x cols (log)")
-    ax.set_ylabel("median time per problem, seconds (log)")
-    ax.set_title("linear_sum_assignment: one problem, time versus size")
-    ax.grid(which="both", alpha=0.3)
-    ax.legend()
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5), sharey=True, squeeze=False)
+    for ax, (title, panel_rows) in zip(axes[0], panels):
+        for impl in impls:
+            points = sorted((_size(r.case), r.time_s) for r in panel_rows if r.impl == impl)
+            if points:
+                ax.plot(*zip(*points), marker="o", label=impl, color=colors[impl])
+        cases = {_size(r.case): r.case for r in panel_rows}
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(sorted(cases), [cases[k] for k in sorted(cases)], fontsize=7, rotation=30)
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlabel("problem size rows x cols (log)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("median time per problem, seconds (log)")
+    fig.suptitle("linear_sum_assignment: one problem, time versus size")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return None
 
 
+def _dims(case):
+    return tuple(map(int, _SINGLE_CASE.match(case).groups()))
+
+
 def _size(case):
-    rows, cols = map(int, _SINGLE_CASE.match(case).groups())
+    rows, cols = _dims(case)
     return rows * cols

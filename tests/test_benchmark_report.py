@@ -117,3 +117,16 @@ def test_run_command_quick_and_full(tmp_path):
     assert any(p.endswith("bench_box_iou.py") for p in quick)
     full = run.pytest_command(str(tmp_path / "b.json"), "full")
     assert "--benchmark-max-time=0.5" not in full and f"--benchmark-json={tmp_path / 'b.json'}" in full
+
+
+def test_plots_skip_without_data(tmp_path):
+    from benchmarks import plots
+
+    rows, _ = rows_from_data(_data())
+    # Only "RxC" cases of the solver are single problems; GIoU's "7200x87" and the batches are not.
+    assert [(r.case, r.impl) for r in plots.solver_single_rows(rows)] == [
+        ("900x100", "scipy"), ("900x100", "lap"), ("900x100", "detr_ops")]
+    giou_only = [r for r in rows if r.op == "giou_pairwise"]
+    assert "no single-problem rows" in plots.lsa_scaling_plot(giou_only, tmp_path / "lsa.png")
+    assert plots.speedup_plot([], tmp_path / "speedup.png") == 0
+    assert not list(tmp_path.iterdir())
