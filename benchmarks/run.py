@@ -97,7 +97,8 @@ def main(argv=None):
     if not os.path.exists(json_path):
         print(f"no {json_path} was written; nothing to report", file=sys.stderr)
         return rc or 1
-    update_latest(out_dir)
+    if rc == 0:
+        update_latest(out_dir)  # a failed or partial run must not become the baseline of a comparison
     if not args.json_only:
         from benchmarks.report import write_report
 
