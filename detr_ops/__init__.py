@@ -14,6 +14,11 @@ from detr_ops.ops.box_iou import (
     generalized_box_iou,
     generalized_box_iou_loss,
 )
+from detr_ops.ops.linear_sum_assignment import (
+    batched_linear_sum_assignment,
+    linear_sum_assignment,
+    row_for_col,
+)
 
 __all__ = [
     "__version__",
@@ -25,4 +30,7 @@ __all__ = [
     "box_validity",
     "box_cxcywh_to_xyxy",
     "box_xyxy_to_cxcywh",
+    "linear_sum_assignment",
+    "batched_linear_sum_assignment",
+    "row_for_col",
 ]
