@@ -105,7 +105,10 @@ def batched_linear_sum_assignment(
             "batched_linear_sum_assignment(check=True) needs the status on the host, which breaks "
             "the graph; inside torch.compile call it with check=False and inspect the returned status"
         )
-    _extension.load()
+    if not torch.compiler.is_compiling():
+        # Clear error when _C is missing; skipped while tracing (dynamo cannot trace the pybind
+        # call inside, and the op lookup below fails just as clearly).
+        _extension.load()
     if _backend.resolve(backend, cost.device) == "triton":
         _backend.triton_ops("linear_sum_assignment")
         op = torch.ops.detr_ops.batched_linear_sum_assignment_triton
