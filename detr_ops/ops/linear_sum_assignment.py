@@ -110,7 +110,9 @@ def batched_linear_sum_assignment(
         # call inside, and the op lookup below fails just as clearly).
         _extension.load()
     if _backend.resolve(backend, cost.device) == "triton":
-        _backend.triton_ops("linear_sum_assignment")
+        # A plain import (not importlib, which torch.compile refuses to trace) registers the op.
+        import detr_ops.triton.linear_sum_assignment  # noqa: F401
+
         op = torch.ops.detr_ops.batched_linear_sum_assignment_triton
     else:
         op = torch.ops.detr_ops.batched_linear_sum_assignment
