@@ -4,8 +4,6 @@ Importing ``_C`` runs the C++ ``TORCH_LIBRARY`` registrations that create ``torc
 The pure-PyTorch references (``detr_ops.reference``) work without it, so a missing extension is
 reported when a compiled op is first needed, not when ``detr_ops`` is imported.
 """
-import functools
-
 import torch
 
 _REBUILD = (
@@ -18,9 +16,8 @@ class ExtensionError(ImportError):
     """The compiled extension is missing, broken, or was built for another torch."""
 
 
-@functools.lru_cache(maxsize=None)
-def _load():
-    """Returns (module, None) or (None, ExtensionError); cached so the import is tried once."""
+def _try_import():
+    """Returns (module, None) or (None, ExtensionError)."""
     try:
         from detr_ops import _C
     except ImportError as e:
@@ -39,17 +36,21 @@ def _load():
     return _C, None
 
 
+# Tried once, at import. Plain module globals (not a cached function) so that torch.compile can trace
+# the ops' wrappers, which call load(), without stepping into the pybind11 module.
+_MODULE, _ERROR = _try_import()
+
+
 def available() -> bool:
     """True when the compiled extension loaded (and its operators are registered)."""
-    return _load()[0] is not None
+    return _MODULE is not None
 
 
 def load():
     """The ``_C`` module; raises :class:`ExtensionError` saying what happened and how to rebuild."""
-    module, error = _load()
-    if error is not None:
-        raise error
-    return module
+    if _ERROR is not None:
+        raise _ERROR
+    return _MODULE
 
 
 def build_info() -> dict:

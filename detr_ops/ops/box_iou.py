@@ -7,9 +7,10 @@ and DETR's ``util.box_ops``: same values on valid boxes, plus
 * batched input ``[B,N,4] x [B,M,4] -> [B,N,M]``;
 * degenerate boxes never give NaN or inf, in values or gradients:
   a zero-area box has IoU 0 with anything; two identical zero-size boxes have IoU 0 and GIoU 0
-  (loss 1); inverted corners (x1 < x0 or y1 < y0) give a finite value of the same formula (use
-  :func:`box_validity` to find them without a host sync); where torchvision divides 0 by 0 we
-  return 0 for that term;
+  (loss 1); where torchvision divides 0 by 0 we return 0 for that term; a box with inverted
+  corners (x1 < x0 or y1 < y0) counts as an empty box (area 0) that still widens the enclosing
+  box (use :func:`box_validity` to find such boxes without a host sync); float16 gradients that
+  exceed its range (two distinct point boxes under the loss give 1/eps) saturate at +-65504;
 * half / bfloat16 inputs are computed in float32.
 
 Integer boxes are converted to float32 (a defined result, as torchvision's loss does); bool and
@@ -132,27 +133,32 @@ def _pairwise_shape(boxes1, boxes2):
     return boxes1.shape[:-1] + boxes2.shape[-2:-1]
 
 
-def register(suffix: str = "") -> None:
-    """Fake kernels and autograd for detr_ops::pairwise_iou{suffix} and giou_loss{suffix}."""
+def _fake_pairwise(boxes1, boxes2, box_format, generalized):
+    return boxes1.new_empty(_pairwise_shape(boxes1, boxes2))
+
+
+def _fake_loss(boxes1, boxes2, box_format, eps):
+    return boxes1.new_empty(boxes1.shape[:-1], dtype=_loss_dtype(boxes1.dtype))
+
+
+def _fake_backward(grad, boxes1, boxes2, box_format, extra):
+    return torch.empty_like(boxes1), torch.empty_like(boxes2)
+
+
+def register(suffix: str = "", fake: bool = True) -> None:
+    """Fake kernels and autograd for detr_ops::pairwise_iou{suffix} and giou_loss{suffix}.
+
+    ``fake=False`` for the Triton ops: ``triton_op`` already traces their Python body as the fake.
+    """
     ns = "detr_ops::"
     pairwise, pairwise_bw = f"{ns}pairwise_iou{suffix}", f"{ns}pairwise_iou_backward{suffix}"
     loss, loss_bw = f"{ns}giou_loss{suffix}", f"{ns}giou_loss_backward{suffix}"
 
-    @torch.library.register_fake(pairwise)
-    def _(boxes1, boxes2, box_format, generalized):
-        return boxes1.new_empty(_pairwise_shape(boxes1, boxes2))
-
-    @torch.library.register_fake(pairwise_bw)
-    def _(grad, boxes1, boxes2, box_format, generalized):
-        return torch.empty_like(boxes1), torch.empty_like(boxes2)
-
-    @torch.library.register_fake(loss)
-    def _(boxes1, boxes2, box_format, eps):
-        return boxes1.new_empty(boxes1.shape[:-1], dtype=_loss_dtype(boxes1.dtype))
-
-    @torch.library.register_fake(loss_bw)
-    def _(grad, boxes1, boxes2, box_format, eps):
-        return torch.empty_like(boxes1), torch.empty_like(boxes2)
+    if fake:
+        torch.library.register_fake(pairwise, _fake_pairwise)
+        torch.library.register_fake(pairwise_bw, _fake_backward)
+        torch.library.register_fake(loss, _fake_loss)
+        torch.library.register_fake(loss_bw, _fake_backward)
 
     backward_pairwise = getattr(torch.ops.detr_ops, pairwise_bw[len(ns):])
     backward_loss = getattr(torch.ops.detr_ops, loss_bw[len(ns):])

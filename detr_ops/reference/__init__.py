@@ -1,4 +1,8 @@
-"""Plain PyTorch / scipy references that the tests and benchmarks compare the compiled ops with."""
+"""Plain PyTorch / SciPy references of every op: the tests and benchmarks compare against them,
+and they run without the compiled extension."""
+from detr_ops.reference.box_iou import (
+    box_iou_reference,
+    generalized_box_iou_loss_reference,
+    generalized_box_iou_reference,
+)
 from detr_ops.reference.linear_sum_assignment import batched_linear_sum_assignment_reference
-
-__all__ = ["batched_linear_sum_assignment_reference"]

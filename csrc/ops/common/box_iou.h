@@ -7,15 +7,22 @@
 //   union = area(a) + area(b) - inter
 //   iou   = inter / (union + eps)                    (0 when union + eps <= 0)
 //   giou  = iou - (area_c - union) / (area_c + eps)  (the second term 0 when area_c + eps <= 0)
-// with area_c the area of the smallest enclosing box. eps = 0 gives torchvision's
-// generalized_box_iou, eps > 0 its generalized_box_iou_loss; on valid boxes the guards never fire.
-// The guards are what keep degenerate input finite: a zero-area box against anything gives iou 0,
-// two identical zero-size boxes give iou 0 and giou 0, inverted corners give a finite value.
+// with area_c the area of the smallest enclosing box; every width and height entering an area is
+// clamped at 0. eps = 0 gives torchvision's generalized_box_iou, eps > 0 its
+// generalized_box_iou_loss; on valid boxes the clamps and guards change nothing.
+// They are what keep degenerate input finite: a zero-area box against anything gives iou 0, two
+// identical zero-size boxes give iou 0 and giou 0, and a box with inverted corners counts as an
+// empty box (area 0, no intersection) whose only effect is to widen the enclosing box.
 //
 // Gradients follow PyTorch autograd through that formula: where min/max tie, each side receives
-// half (torch.maximum / torch.minimum); an empty intersection (iw <= 0 or ih <= 0) passes no
-// gradient, as torchvision's masked intersection does.
+// half (torch.maximum / torch.minimum); a clamp at 0 passes gradient when its input is >= 0
+// (torch.clamp); an empty intersection (iw <= 0 or ih <= 0) passes none, as torchvision's masked
+// intersection does.
 #pragma once
+
+#include <c10/util/Half.h>
+
+#include <type_traits>
 
 #include "ops/common/hostdevice.h"
 
@@ -55,10 +62,16 @@ DETR_HD T dmax_da(T a, T b) { return a > b ? T(1) : (a == b ? T(0.5) : T(0)); }
 template <typename T>
 DETR_HD T dmin_da(T a, T b) { return a < b ? T(1) : (a == b ? T(0.5) : T(0)); }
 
+// max(x, 0) and its derivative as torch.clamp(min=0) defines it.
+template <typename T>
+DETR_HD T relu_(T x) { return x > T(0) ? x : T(0); }
+template <typename T>
+DETR_HD T drelu_(T x) { return x >= T(0) ? T(1) : T(0); }
+
 template <typename T>
 DETR_HD T iou_value(const Box<T>& a, const Box<T>& b, T eps, bool generalized) {
-  const T area_a = (a.x1 - a.x0) * (a.y1 - a.y0);
-  const T area_b = (b.x1 - b.x0) * (b.y1 - b.y0);
+  const T area_a = relu_(a.x1 - a.x0) * relu_(a.y1 - a.y0);
+  const T area_b = relu_(b.x1 - b.x0) * relu_(b.y1 - b.y0);
   const T iw = min_(a.x1, b.x1) - max_(a.x0, b.x0);
   const T ih = min_(a.y1, b.y1) - max_(a.y0, b.y0);
   const T inter = (iw > T(0) && ih > T(0)) ? iw * ih : T(0);
@@ -66,8 +79,8 @@ DETR_HD T iou_value(const Box<T>& a, const Box<T>& b, T eps, bool generalized) {
   const T du = uni + eps;
   const T iou = du > T(0) ? inter / du : T(0);
   if (!generalized) return iou;
-  const T cw = max_(a.x1, b.x1) - min_(a.x0, b.x0);
-  const T ch = max_(a.y1, b.y1) - min_(a.y0, b.y0);
+  const T cw = relu_(max_(a.x1, b.x1) - min_(a.x0, b.x0));
+  const T ch = relu_(max_(a.y1, b.y1) - min_(a.y0, b.y0));
   const T area_c = cw * ch;
   const T dc = area_c + eps;
   return iou - (dc > T(0) ? (area_c - uni) / dc : T(0));
@@ -76,8 +89,8 @@ DETR_HD T iou_value(const Box<T>& a, const Box<T>& b, T eps, bool generalized) {
 // Adds g * d(iou_value)/d(corners) to ga and gb.
 template <typename T>
 DETR_HD void iou_grad(const Box<T>& a, const Box<T>& b, T eps, bool generalized, T g, Box<T>& ga, Box<T>& gb) {
-  const T aw = a.x1 - a.x0, ah = a.y1 - a.y0;
-  const T bw = b.x1 - b.x0, bh = b.y1 - b.y0;
+  const T raw_aw = a.x1 - a.x0, raw_ah = a.y1 - a.y0, raw_bw = b.x1 - b.x0, raw_bh = b.y1 - b.y0;
+  const T aw = relu_(raw_aw), ah = relu_(raw_ah), bw = relu_(raw_bw), bh = relu_(raw_bh);
   const T ix0 = max_(a.x0, b.x0), ix1 = min_(a.x1, b.x1);
   const T iy0 = max_(a.y0, b.y0), iy1 = min_(a.y1, b.y1);
   const T iw = ix1 - ix0, ih = iy1 - iy0;
@@ -94,13 +107,13 @@ DETR_HD void iou_grad(const Box<T>& a, const Box<T>& b, T eps, bool generalized,
   if (generalized) {
     const T cx0 = min_(a.x0, b.x0), cx1 = max_(a.x1, b.x1);
     const T cy0 = min_(a.y0, b.y0), cy1 = max_(a.y1, b.y1);
-    const T cw = cx1 - cx0, ch = cy1 - cy0;
+    const T cw = relu_(cx1 - cx0), ch = relu_(cy1 - cy0);
     const T dc = cw * ch + eps;
     if (dc > T(0)) {
       // giou = iou - (area_c - uni) / dc  =>  d/d area_c = -du / dc^2, d/d uni = 1 / dc
       const T g_area_c = -g * du / (dc * dc);
       g_uni += g / dc;
-      const T g_cw = g_area_c * ch, g_ch = g_area_c * cw;
+      const T g_cw = g_area_c * ch * drelu_(cx1 - cx0), g_ch = g_area_c * cw * drelu_(cy1 - cy0);
       ga.x1 += g_cw * dmax_da(a.x1, b.x1);
       gb.x1 += g_cw * dmax_da(b.x1, a.x1);
       ga.x0 -= g_cw * dmin_da(a.x0, b.x0);
@@ -113,14 +126,16 @@ DETR_HD void iou_grad(const Box<T>& a, const Box<T>& b, T eps, bool generalized,
   }
   // uni = area_a + area_b - inter
   g_inter -= g_uni;
-  ga.x1 += g_uni * ah;
-  ga.x0 -= g_uni * ah;
-  ga.y1 += g_uni * aw;
-  ga.y0 -= g_uni * aw;
-  gb.x1 += g_uni * bh;
-  gb.x0 -= g_uni * bh;
-  gb.y1 += g_uni * bw;
-  gb.y0 -= g_uni * bw;
+  const T g_aw = g_uni * ah * drelu_(raw_aw), g_ah = g_uni * aw * drelu_(raw_ah);
+  const T g_bw = g_uni * bh * drelu_(raw_bw), g_bh = g_uni * bw * drelu_(raw_bh);
+  ga.x1 += g_aw;
+  ga.x0 -= g_aw;
+  ga.y1 += g_ah;
+  ga.y0 -= g_ah;
+  gb.x1 += g_bw;
+  gb.x0 -= g_bw;
+  gb.y1 += g_bh;
+  gb.y0 -= g_bh;
   if (overlap) {
     const T g_iw = g_inter * ih, g_ih = g_inter * iw;
     ga.x1 += g_iw * dmin_da(a.x1, b.x1);
@@ -131,6 +146,24 @@ DETR_HD void iou_grad(const Box<T>& a, const Box<T>& b, T eps, bool generalized,
     gb.y1 += g_ih * dmin_da(b.y1, a.y1);
     ga.y0 -= g_ih * dmax_da(a.y0, b.y0);
     gb.y0 -= g_ih * dmax_da(b.y0, a.y0);
+  }
+}
+
+// Gradients can legitimately exceed float16's range (two distinct point boxes under the loss give
+// 1/eps): the kernels store them saturated at the largest finite value instead of as inf.
+template <typename T>
+DETR_HD T saturate_for_half(T x) {
+  const T limit = T(65504);
+  return x > limit ? limit : (x < -limit ? -limit : x);
+}
+
+// Accumulation type -> stored gradient type, saturating for float16 (see saturate_for_half).
+template <typename scalar_t, typename T>
+DETR_HD scalar_t narrow(T x) {
+  if constexpr (std::is_same_v<scalar_t, c10::Half>) {
+    return static_cast<scalar_t>(saturate_for_half(x));
+  } else {
+    return static_cast<scalar_t>(x);
   }
 }
 

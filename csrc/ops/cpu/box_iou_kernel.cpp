@@ -39,10 +39,10 @@ Box<at::opmath_type<scalar_t>> load_box(const scalar_t* p, bool cxcywh) {
 
 template <typename scalar_t>
 void store_box(scalar_t* p, const Box<at::opmath_type<scalar_t>>& g) {
-  p[0] = static_cast<scalar_t>(g.x0);
-  p[1] = static_cast<scalar_t>(g.y0);
-  p[2] = static_cast<scalar_t>(g.x1);
-  p[3] = static_cast<scalar_t>(g.y1);
+  p[0] = narrow<scalar_t>(g.x0);
+  p[1] = narrow<scalar_t>(g.y0);
+  p[2] = narrow<scalar_t>(g.x1);
+  p[3] = narrow<scalar_t>(g.y1);
 }
 
 // One output row: iou of box a against the m boxes in corner arrays c.

@@ -1,0 +1,279 @@
+// CUDA kernels of the box-overlap operators (schemas in ops/box_iou.cpp, math in ops/common/box_iou.h).
+//
+// Pairwise forward is bound by writing the [B,N,M] output: threads run along M (coalesced stores),
+// each keeps its boxes2 box in registers and walks ROWS rows, whose boxes1 box is a broadcast load.
+// Backward: grad of boxes1 reduces along a row -> one warp per row, shuffle reduction. Grad of boxes2
+// reduces down a column -> threads along M walk a fixed chunk of rows each and write a partial sum;
+// a second kernel adds the chunks in order. No atomics, so the result is deterministic.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "ops/common/box_checks.h"
+#include "ops/common/box_iou.h"
+
+namespace detr_ops::box {
+namespace {
+
+constexpr int kThreads = 128;    // threads along M in the pairwise kernels
+constexpr int kRows = 8;         // rows per thread in the pairwise forward
+constexpr int kWarpsPerBlock = 8;
+
+template <typename scalar_t>
+__device__ __forceinline__ Box<at::opmath_type<scalar_t>> load_box(const scalar_t* p, bool cxcywh) {
+  using acc_t = at::opmath_type<scalar_t>;
+  return make_box<acc_t>(static_cast<acc_t>(p[0]), static_cast<acc_t>(p[1]), static_cast<acc_t>(p[2]),
+                         static_cast<acc_t>(p[3]), cxcywh);
+}
+
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void store_box(scalar_t* p, const Box<acc_t>& g) {
+  p[0] = narrow<scalar_t>(g.x0);
+  p[1] = narrow<scalar_t>(g.y0);
+  p[2] = narrow<scalar_t>(g.x1);
+  p[3] = narrow<scalar_t>(g.y1);
+}
+
+// grid: x over ceil(M / kThreads), y over row groups of kRows (grid-stride), z over B.
+template <typename scalar_t>
+__global__ void pairwise_iou_kernel(const scalar_t* __restrict__ boxes1, const scalar_t* __restrict__ boxes2,
+                                    scalar_t* __restrict__ out, int64_t N, int64_t M, bool cxcywh, bool generalized) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t b = blockIdx.z;
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (j >= M) return;
+  const Box<acc_t> bj = load_box(boxes2 + (b * M + j) * 4, cxcywh);
+  for (int64_t i0 = static_cast<int64_t>(blockIdx.y) * kRows; i0 < N; i0 += static_cast<int64_t>(gridDim.y) * kRows) {
+    const int64_t i1 = i0 + kRows < N ? i0 + kRows : N;
+    for (int64_t i = i0; i < i1; ++i) {
+      const Box<acc_t> ai = load_box(boxes1 + (b * N + i) * 4, cxcywh);
+      out[(b * N + i) * M + j] = static_cast<scalar_t>(iou_value<acc_t>(ai, bj, acc_t(0), generalized));
+    }
+  }
+}
+
+// One warp per row (b, i): grad of boxes1[b, i].
+template <typename scalar_t>
+__global__ void pairwise_grad1_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ boxes1,
+                                      const scalar_t* __restrict__ boxes2, scalar_t* __restrict__ grad1, int64_t B,
+                                      int64_t N, int64_t M, bool cxcywh, bool generalized) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int lane = threadIdx.x % 32;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+  if (row >= B * N) return;
+  const int64_t b = row / N;
+  const Box<acc_t> a = load_box(boxes1 + row * 4, cxcywh);
+  Box<acc_t> ga{0, 0, 0, 0};
+  for (int64_t j = lane; j < M; j += 32) {
+    Box<acc_t> unused{0, 0, 0, 0};
+    iou_grad<acc_t>(a, load_box(boxes2 + (b * M + j) * 4, cxcywh), acc_t(0), generalized,
+                    static_cast<acc_t>(grad[row * M + j]), ga, unused);
+  }
+  for (int offset = 16; offset > 0; offset /= 2) {
+    ga.x0 += __shfl_down_sync(0xffffffffu, ga.x0, offset);
+    ga.y0 += __shfl_down_sync(0xffffffffu, ga.y0, offset);
+    ga.x1 += __shfl_down_sync(0xffffffffu, ga.x1, offset);
+    ga.y1 += __shfl_down_sync(0xffffffffu, ga.y1, offset);
+  }
+  if (lane == 0) store_box(grad1 + row * 4, corner_grad_to_format(ga, cxcywh));
+}
+
+// grid: x over ceil(M / kThreads), y over row chunks, z over B. partial: [chunks, B, M, 4] in acc_t.
+template <typename scalar_t>
+__global__ void pairwise_grad2_partial_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ boxes1,
+                                              const scalar_t* __restrict__ boxes2,
+                                              at::opmath_type<scalar_t>* __restrict__ partial, int64_t B, int64_t N,
+                                              int64_t M, int64_t rows_per_chunk, bool cxcywh, bool generalized) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t b = blockIdx.z, chunk = blockIdx.y;
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (j >= M) return;
+  const Box<acc_t> bj = load_box(boxes2 + (b * M + j) * 4, cxcywh);
+  Box<acc_t> gb{0, 0, 0, 0};
+  const int64_t i0 = chunk * rows_per_chunk;
+  const int64_t i1 = i0 + rows_per_chunk < N ? i0 + rows_per_chunk : N;
+  for (int64_t i = i0; i < i1; ++i) {
+    Box<acc_t> unused{0, 0, 0, 0};
+    iou_grad<acc_t>(load_box(boxes1 + (b * N + i) * 4, cxcywh), bj, acc_t(0), generalized,
+                    static_cast<acc_t>(grad[(b * N + i) * M + j]), unused, gb);
+  }
+  acc_t* p = partial + ((chunk * B + b) * M + j) * 4;
+  p[0] = gb.x0;
+  p[1] = gb.y0;
+  p[2] = gb.x1;
+  p[3] = gb.y1;
+}
+
+template <typename scalar_t>
+__global__ void pairwise_grad2_reduce_kernel(const at::opmath_type<scalar_t>* __restrict__ partial,
+                                             scalar_t* __restrict__ grad2, int64_t BM, int64_t chunks, bool cxcywh) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (r >= BM) return;
+  Box<acc_t> s{0, 0, 0, 0};
+  for (int64_t c = 0; c < chunks; ++c) {
+    const acc_t* p = partial + (c * BM + r) * 4;
+    s.x0 += p[0];
+    s.y0 += p[1];
+    s.x1 += p[2];
+    s.y1 += p[3];
+  }
+  store_box(grad2 + r * 4, corner_grad_to_format(s, cxcywh));
+}
+
+template <typename scalar_t>
+__global__ void giou_loss_kernel(const scalar_t* __restrict__ boxes1, const scalar_t* __restrict__ boxes2,
+                                 at::opmath_type<scalar_t>* __restrict__ out, int64_t K, bool cxcywh,
+                                 at::opmath_type<scalar_t> eps) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < K;
+       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[k] = acc_t(1) - iou_value<acc_t>(load_box(boxes1 + 4 * k, cxcywh), load_box(boxes2 + 4 * k, cxcywh), eps, true);
+  }
+}
+
+template <typename scalar_t>
+__global__ void giou_loss_backward_kernel(const at::opmath_type<scalar_t>* __restrict__ grad,
+                                          const scalar_t* __restrict__ boxes1, const scalar_t* __restrict__ boxes2,
+                                          scalar_t* __restrict__ grad1, scalar_t* __restrict__ grad2, int64_t K,
+                                          bool cxcywh, at::opmath_type<scalar_t> eps) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < K;
+       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    Box<acc_t> ga{0, 0, 0, 0}, gb{0, 0, 0, 0};
+    iou_grad<acc_t>(load_box(boxes1 + 4 * k, cxcywh), load_box(boxes2 + 4 * k, cxcywh), eps, true, -grad[k], ga, gb);
+    store_box(grad1 + 4 * k, corner_grad_to_format(ga, cxcywh));
+    store_box(grad2 + 4 * k, corner_grad_to_format(gb, cxcywh));
+  }
+}
+
+at::Tensor as_batched(const at::Tensor& t) {
+  return (t.dim() == 2 ? t.unsqueeze(0) : t).contiguous();
+}
+
+unsigned int blocks_for(int64_t n, int threads) {
+  return static_cast<unsigned int>(std::min<int64_t>((n + threads - 1) / threads, 65535LL * 32));
+}
+
+at::Tensor pairwise_iou_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::string_view box_format,
+                             bool generalized) {
+  check_pairwise(boxes1, boxes2);
+  const bool cxcywh = parse_box_format(box_format);
+  const c10::cuda::CUDAGuard guard(boxes1.device());
+  const at::Tensor b1 = as_batched(boxes1), b2 = as_batched(boxes2);
+  const int64_t B = b1.size(0), N = b1.size(1), M = b2.size(1);
+  at::Tensor out = at::empty({B, N, M}, b1.options());
+  if (out.numel() == 0) return out.view(pairwise_shape(boxes1, boxes2));
+  TORCH_CHECK_VALUE(B <= 65535, "pairwise_iou on CUDA supports at most 65535 batch items, got ", B);
+  const dim3 grid(static_cast<unsigned int>((M + kThreads - 1) / kThreads),
+                  static_cast<unsigned int>(std::min<int64_t>((N + kRows - 1) / kRows, 65535)),
+                  static_cast<unsigned int>(B));
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "pairwise_iou_cuda", [&] {
+    pairwise_iou_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
+        b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), N, M, cxcywh,
+        generalized);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out.view(pairwise_shape(boxes1, boxes2));
+}
+
+std::tuple<at::Tensor, at::Tensor> pairwise_iou_backward_cuda(const at::Tensor& grad, const at::Tensor& boxes1,
+                                                              const at::Tensor& boxes2, c10::string_view box_format,
+                                                              bool generalized) {
+  check_pairwise(boxes1, boxes2);
+  check_grad(grad, pairwise_shape(boxes1, boxes2), boxes1);
+  const bool cxcywh = parse_box_format(box_format);
+  const c10::cuda::CUDAGuard guard(boxes1.device());
+  const at::Tensor b1 = as_batched(boxes1), b2 = as_batched(boxes2);
+  const int64_t B = b1.size(0), N = b1.size(1), M = b2.size(1);
+  at::Tensor grad1 = at::zeros_like(b1), grad2 = at::zeros_like(b2);
+  if (B == 0 || N == 0 || M == 0) return {grad1.view(boxes1.sizes()), grad2.view(boxes2.sizes())};
+  TORCH_CHECK_VALUE(B <= 65535, "pairwise_iou_backward on CUDA supports at most 65535 batch items, got ", B);
+  const at::Tensor g = grad.to(b1.scalar_type()).reshape({B, N, M}).contiguous();
+  // Enough (column, chunk) threads to fill a large GPU (~2^18), at least 32 rows per chunk; the
+  // chunking depends on the shape only, so the summation order is fixed.
+  const int64_t max_chunks = std::min<int64_t>((N + 31) / 32, 65535);
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(max_chunks, (int64_t{1} << 18) / (B * M)));
+  const int64_t rows_per_chunk = (N + chunks - 1) / chunks;
+  const int64_t used_chunks = (N + rows_per_chunk - 1) / rows_per_chunk;
+  at::Tensor partial = at::empty({used_chunks, B, M, 4}, b1.options().dtype(at::toOpMathType(b1.scalar_type())));
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "pairwise_iou_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const unsigned int row_blocks = static_cast<unsigned int>((B * N + kWarpsPerBlock - 1) / kWarpsPerBlock);
+    pairwise_grad1_kernel<scalar_t><<<row_blocks, kWarpsPerBlock * 32, 0, stream>>>(
+        g.const_data_ptr<scalar_t>(), b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(),
+        grad1.mutable_data_ptr<scalar_t>(), B, N, M, cxcywh, generalized);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const dim3 grid(static_cast<unsigned int>((M + kThreads - 1) / kThreads), static_cast<unsigned int>(used_chunks),
+                    static_cast<unsigned int>(B));
+    pairwise_grad2_partial_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
+        g.const_data_ptr<scalar_t>(), b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(),
+        partial.mutable_data_ptr<acc_t>(), B, N, M, rows_per_chunk, cxcywh, generalized);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    pairwise_grad2_reduce_kernel<scalar_t><<<blocks_for(B * M, 256), 256, 0, stream>>>(
+        partial.const_data_ptr<acc_t>(), grad2.mutable_data_ptr<scalar_t>(), B * M, used_chunks, cxcywh);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {grad1.view(boxes1.sizes()), grad2.view(boxes2.sizes())};
+}
+
+at::Tensor giou_loss_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::string_view box_format,
+                          double eps) {
+  check_elementwise(boxes1, boxes2);
+  const bool cxcywh = parse_box_format(box_format);
+  const c10::cuda::CUDAGuard guard(boxes1.device());
+  const at::Tensor b1 = boxes1.contiguous(), b2 = boxes2.contiguous();
+  const int64_t K = b1.numel() / 4;
+  at::Tensor out = at::empty(boxes1.sizes().slice(0, boxes1.dim() - 1),
+                             b1.options().dtype(at::toOpMathType(b1.scalar_type())));
+  if (K == 0) return out;
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "giou_loss_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    giou_loss_kernel<scalar_t><<<blocks_for(K, 256), 256, 0, stream>>>(
+        b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(), out.mutable_data_ptr<acc_t>(), K, cxcywh,
+        static_cast<acc_t>(eps));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> giou_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& boxes1,
+                                                           const at::Tensor& boxes2, c10::string_view box_format,
+                                                           double eps) {
+  check_elementwise(boxes1, boxes2);
+  check_grad(grad, boxes1.sizes().slice(0, boxes1.dim() - 1), boxes1);
+  const bool cxcywh = parse_box_format(box_format);
+  const c10::cuda::CUDAGuard guard(boxes1.device());
+  const at::Tensor b1 = boxes1.contiguous(), b2 = boxes2.contiguous();
+  const at::Tensor g = grad.to(at::toOpMathType(b1.scalar_type())).contiguous();
+  at::Tensor grad1 = at::empty_like(b1), grad2 = at::empty_like(b2);
+  const int64_t K = b1.numel() / 4;
+  if (K == 0) return {grad1, grad2};
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "giou_loss_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    giou_loss_backward_kernel<scalar_t><<<blocks_for(K, 256), 256, 0, stream>>>(
+        g.const_data_ptr<acc_t>(), b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(),
+        grad1.mutable_data_ptr<scalar_t>(), grad2.mutable_data_ptr<scalar_t>(), K, cxcywh, static_cast<acc_t>(eps));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {grad1, grad2};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(detr_ops, CUDA, m) {
+  m.impl("pairwise_iou", &pairwise_iou_cuda);
+  m.impl("pairwise_iou_backward", &pairwise_iou_backward_cuda);
+  m.impl("giou_loss", &giou_loss_cuda);
+  m.impl("giou_loss_backward", &giou_loss_backward_cuda);
+}
+
+}  // namespace detr_ops::box

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The CUDA-enabled build check, for a machine with nvcc but no GPU (CI, the developers' machines):
+# builds every .cu file against the default PyPI torch (CUDA 13.0), imports the extension, checks
+# that each operator with a CPU kernel also has a CUDA kernel, and runs the CPU test suite in that
+# build. The build happens in a copy of the tracked files, so the main tree's CPU build is untouched.
+#
+# Environment: CUDA_VENV (default .venv-cuda), CUDA_HOME (default /usr/local/cuda),
+# TORCH_CUDA_ARCH_LIST (default 9.0), CUDA_TORCH (default torch==2.11.0).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+venv=${CUDA_VENV:-$root/.venv-cuda}
+work=$root/build/cuda-check
+export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+export FORCE_CUDA=1
+
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install -q --disable-pip-version-check "${CUDA_TORCH:-torch==2.11.0}" \
+  numpy scipy pytest hypothesis expecttest ninja
+
+rm -rf "$work" && mkdir -p "$work"
+(cd "$root" && git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$work")
+cd "$work"
+"$venv/bin/python" setup.py build_ext --inplace
+PYTHONPATH="$work" "$venv/bin/python" scripts/check_cuda_kernels.py
+"$venv/bin/python" -m pytest -q -p no:cacheprovider tests
