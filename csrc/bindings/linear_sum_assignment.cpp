@@ -2,11 +2,12 @@
 //
 // The input goes through the same numpy conversion as scipy's (any array-like to a C-contiguous
 // float64 array, "safe" casting, the same errors for what cannot be converted), then the shared
-// solver in ops/common/lsa_solver.h runs with the GIL released. Each thread keeps one solver
+// solver in ops/common/lsa_solver.h runs with the GIL released (except for tiny problems). Each thread keeps one solver
 // whose buffers are reused across calls: at DETR sizes allocation is a visible share of the time.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <optional>
 #include <string>
 
 #include "bindings/bindings.h"
@@ -19,6 +20,9 @@ namespace {
 
 // Working copies above this many elements are freed after the call instead of kept per thread.
 constexpr size_t kKeepElements = size_t(1) << 20;
+// Below this many elements the solve takes about as long as releasing and re-taking the GIL, so
+// it runs with the GIL held (other threads wait at most a few microseconds).
+constexpr int64_t kReleaseGilElements = 2048;
 
 lsa::Solver<double>& thread_solver() {
   thread_local lsa::Solver<double> solver;
@@ -47,7 +51,8 @@ py::tuple linear_sum_assignment(const py::object& cost_matrix, const py::object&
   int64_t* cols = col_ind.mutable_data();
   lsa::Status status;
   {
-    py::gil_scoped_release release;
+    std::optional<py::gil_scoped_release> release;
+    if (nr * nc >= kReleaseGilElements) release.emplace();
     lsa::Solver<double>& solver = thread_solver();
     if (!maximize && nr <= nc) {
       status = solver.solve_in_place(data, nr, nc);
@@ -85,8 +90,12 @@ py::tuple linear_sum_assignment(const py::object& cost_matrix, const py::object&
 
 void register_linear_sum_assignment(py::module_& m) {
   m.def("linear_sum_assignment", &linear_sum_assignment, py::arg("cost_matrix"), py::arg("maximize") = false,
-        "Solve the linear sum assignment problem exactly as scipy.optimize.linear_sum_assignment does\n"
-        "(same indices, ties included, same errors). Returns (row_ind, col_ind), int64 numpy arrays.");
+        "Drop-in for scipy.optimize.linear_sum_assignment: identical indices (ties included) and errors.\n\n"
+        "cost_matrix is any 2-D array-like (numpy array, nested lists, CPU torch tensor), converted to\n"
+        "float64 as scipy does. Returns (row_ind, col_ind), int64 numpy arrays of length min(R, C) with\n"
+        "row_ind ascending. +inf marks a forbidden pair. Raises ValueError for a non-2-D input, for NaN\n"
+        "or -inf entries (+inf when maximizing), and when the forbidden pairs leave no complete matching.\n"
+        "The GIL is released while solving (problems of 2048 elements and more).");
 }
 
 }  // namespace detr_ops::bindings

@@ -28,16 +28,16 @@ MESSAGES = {
 COST_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def linear_sum_assignment(cost_matrix, maximize=False):
-    """Drop-in for ``scipy.optimize.linear_sum_assignment`` (identical results and errors).
-
-    ``cost_matrix`` is any 2-D array-like (numpy array, nested lists, CPU torch tensor); it is
-    converted to float64 as scipy does. Returns ``(row_ind, col_ind)``, int64 numpy arrays of
-    length ``min(R, C)`` with ``row_ind`` ascending. ``+inf`` marks a forbidden pair. Raises
-    ``ValueError`` for a non-2-D input, for NaN / -inf entries (+inf when maximizing), and when
-    the forbidden pairs leave no complete matching.
-    """
+def _linear_sum_assignment_unavailable(cost_matrix, maximize=False):
+    """Stands in for the compiled function when _C is missing: raises ExtensionError saying why."""
     return _extension.load().linear_sum_assignment(cost_matrix, maximize)
+
+
+# The compiled function itself (docstring in csrc/bindings/linear_sum_assignment.cpp), with no
+# Python frame around it: at DETR sizes (100x7, a few microseconds) a frame is a visible share.
+linear_sum_assignment = (
+    _extension.load().linear_sum_assignment if _extension.available() else _linear_sum_assignment_unavailable
+)
 
 
 def _sizes(sizes, name: str, cost: torch.Tensor, limit: int) -> Optional[torch.Tensor]:
@@ -105,10 +105,7 @@ def batched_linear_sum_assignment(
             "batched_linear_sum_assignment(check=True) needs the status on the host, which breaks "
             "the graph; inside torch.compile call it with check=False and inspect the returned status"
         )
-    if not torch.compiler.is_compiling():
-        # Clear error when _C is missing; skipped while tracing (dynamo cannot trace the pybind
-        # call inside, and the op lookup below fails just as clearly).
-        _extension.load()
+    _extension.load()
     if _backend.resolve(backend, cost.device) == "triton":
         # A plain import (not importlib, which torch.compile refuses to trace) registers the op.
         import detr_ops.triton.linear_sum_assignment  # noqa: F401

@@ -38,20 +38,26 @@ class Solver {
     rows_ = rows;
     cols_ = cols;
     transposed_ = cols < rows;
-    work_.resize(static_cast<size_t>(rows * cols));
+    const int64_t n = rows * cols;
+    work_.resize(static_cast<size_t>(n));
     T* w = work_.data();
     const T sign = maximize ? T(-1) : T(1);
-    bool ok = true;
-    // Read the source row by row (its contiguous direction); a transposed write then walks only
-    // `cols` output streams, few for the tall DETR shapes.
-    for (int64_t i = 0; i < rows; ++i) {
-      for (int64_t j = 0; j < cols; ++j) {
-        const T x = sign * static_cast<T>(at(i, j));
-        ok &= valid(x);
-        w[transposed_ ? j * rows + i : i * cols + j] = x;
+    if (!transposed_) {
+      for (int64_t i = 0; i < rows; ++i) {
+        for (int64_t j = 0; j < cols; ++j) w[i * cols + j] = sign * static_cast<T>(at(i, j));
+      }
+    } else {
+      // Tiles of kTile source rows: the reads stay in a few cache lines per source row and each
+      // output row receives kTile consecutive values.
+      constexpr int64_t kTile = 16;
+      for (int64_t i0 = 0; i0 < rows; i0 += kTile) {
+        const int64_t i1 = std::min(rows, i0 + kTile);
+        for (int64_t j = 0; j < cols; ++j) {
+          for (int64_t i = i0; i < i1; ++i) w[j * rows + i] = sign * static_cast<T>(at(i, j));
+        }
       }
     }
-    return ok ? kOk : kInvalid;
+    return all_valid(w, n) ? kOk : kInvalid;
   }
 
   // Solves the problem given to load(); returns kOk or kInfeasible.
@@ -66,9 +72,7 @@ class Solver {
     rows_ = nr;
     cols_ = nc;
     transposed_ = false;
-    for (int64_t k = 0, n = nr * nc; k < n; ++k) {
-      if (!valid(cost[k])) return kInvalid;
-    }
+    if (!all_valid(cost, nr * nc)) return kInvalid;
     return solve_wide(cost, nr, nc);
   }
 
@@ -90,7 +94,22 @@ class Solver {
   }
 
  private:
-  static bool valid(T x) { return !(x != x) && x != -std::numeric_limits<T>::infinity(); }
+  // No NaN and no -inf: exactly the values with x > -inf. Four independent flags of type T (a
+  // boolean reduction does not vectorise with GCC; this does, and it is a third of a small call).
+  static bool all_valid(const T* x, int64_t n) {
+    constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+    T f0 = 1, f1 = 1, f2 = 1, f3 = 1;
+    int64_t k = 0;
+    for (; k + 4 <= n; k += 4) {
+      f0 = x[k] > kNegInf ? f0 : T(0);
+      f1 = x[k + 1] > kNegInf ? f1 : T(0);
+      f2 = x[k + 2] > kNegInf ? f2 : T(0);
+      f3 = x[k + 3] > kNegInf ? f3 : T(0);
+    }
+    bool ok = f0 != 0 && f1 != 0 && f2 != 0 && f3 != 0;
+    for (; k < n; ++k) ok = ok && x[k] > kNegInf;
+    return ok;
+  }
 
   Status solve_wide(const T* cost, int64_t nr, int64_t nc) {
     constexpr T kInf = std::numeric_limits<T>::infinity();
