@@ -66,15 +66,18 @@ def _lsa_kernel(
     if (status == 0) & (nr > 0):
         # NaN or -inf (after the sign) anywhere in the valid block: invalid, as scipy.
         bad = zero
-        for k0 in range(0, nr * nc, BLOCK):
+        k0 = zero
+        while k0 < nr * nc:
             k = k0 + lanes
             m = k < nr * nc
             x = tl.load(base + (k // nc) * rs + (k % nc) * cs, mask=m, other=0).to(tl.float64) * sign
             bad += tl.sum(((x != x) | (x == -inf)) & m)
+            k0 += BLOCK
         status = tl.where(bad > 0, 1, status).to(tl.int32)
 
     if (status == 0) & (nr > 0):
-        for k0 in range(0, nc, BLOCK):
+        k0 = zero
+        while k0 < nc:
             k = k0 + lanes
             m = k < nc
             tl.store(v + k, tl.zeros([BLOCK], tl.float64), mask=m)
@@ -82,15 +85,18 @@ def _lsa_kernel(
             tl.store(path + k, zero - 1 + lanes * 0, mask=m)
             tl.store(u + k, tl.zeros([BLOCK], tl.float64), mask=k < nr)
             tl.store(col4row + k, zero - 1 + lanes * 0, mask=k < nr)
+            k0 += BLOCK
         tl.debug_barrier()
 
         cur = zero
         while (cur < nr) & (status == 0):
-            for k0 in range(0, nc, BLOCK):
+            k0 = zero
+            while k0 < nc:
                 k = k0 + lanes
                 m = k < nc
                 tl.store(remaining + k, nc - 1 - k, mask=m)  # scanned from the last column down
                 tl.store(spc + k, tl.full([BLOCK], inf, tl.float64), mask=m)
+                k0 += BLOCK
             tl.store(rows_seen, cur)
             tl.debug_barrier()
             min_val = tl.zeros([], tl.float64)
@@ -103,7 +109,8 @@ def _lsa_kernel(
                 ui = tl.load(u + i)
                 best = tl.full([], inf, tl.float64)
                 best_key = zero - 1
-                for it0 in range(0, num_remaining, BLOCK):
+                it0 = zero
+                while it0 < num_remaining:
                     it = it0 + lanes
                     m = it < num_remaining
                     j = tl.load(remaining + it, mask=m, other=0)
@@ -122,6 +129,7 @@ def _lsa_kernel(
                     take = (block_min < best) | ((block_min == best) & (block_key > best_key))
                     best = tl.where(take, block_min, best)
                     best_key = tl.where(take, block_key, best_key)
+                    it0 += BLOCK
                 tl.debug_barrier()
                 found = best < inf
                 status = tl.where(found, status, 2).to(tl.int32)
@@ -147,17 +155,21 @@ def _lsa_kernel(
                 # Duals: cur takes min_val alone; the other visited rows and the visited columns
                 # as in scipy (u += min_val - spc[col4row[row]], v -= min_val - spc[col]).
                 tl.store(u + cur, tl.load(u + cur) + min_val)
-                for k0 in range(1, n_rows_seen, BLOCK):
+                k0 = zero + 1
+                while k0 < n_rows_seen:
                     k = k0 + lanes
                     m = k < n_rows_seen
                     r_ = tl.load(rows_seen + k, mask=m, other=0)
                     c_ = tl.load(col4row + r_, mask=m, other=0)
                     tl.store(u + r_, tl.load(u + r_, mask=m, other=0.0) + (min_val - tl.load(spc + c_, mask=m, other=0.0)), mask=m)
-                for k0 in range(0, n_cols_seen, BLOCK):
+                    k0 += BLOCK
+                k0 = zero
+                while k0 < n_cols_seen:
                     k = k0 + lanes
                     m = k < n_cols_seen
                     c_ = tl.load(cols_seen + k, mask=m, other=0)
                     tl.store(v + c_, tl.load(v + c_, mask=m, other=0.0) - (min_val - tl.load(spc + c_, mask=m, other=0.0)), mask=m)
+                    k0 += BLOCK
                 tl.debug_barrier()
                 # Flip the path from the sink back to cur.
                 j = sink
@@ -172,13 +184,15 @@ def _lsa_kernel(
             cur += 1
 
         if status == 0:
-            for k0 in range(0, nr, BLOCK):
+            k0 = zero
+            while k0 < nr:
                 k = k0 + lanes
                 m = k < nr
                 matched = tl.load(col4row + k, mask=m, other=0)
                 where = tl.where(transposed, matched, k)
                 what = tl.where(transposed, k, matched)
                 tl.store(out_ptr + b * R + where, what, mask=m)
+                k0 += BLOCK
     tl.store(status_ptr + b, status)
 
 
