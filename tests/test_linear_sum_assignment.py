@@ -149,3 +149,17 @@ def test_threads_solve_concurrently():
     for e, g in zip(expected, results):
         np.testing.assert_array_equal(g[0], e[0])
         np.testing.assert_array_equal(g[1], e[1])
+
+
+def test_gil_released_while_solving():
+    """While one thread is inside a long solve, another thread runs Python code: with the GIL held
+    the main thread could only resume after the solve had finished."""
+    import time
+
+    cost = np.random.default_rng(6).random((2000, 2000))  # a few hundred milliseconds
+    worker = threading.Thread(target=detr_ops.linear_sum_assignment, args=(cost,))
+    worker.start()
+    time.sleep(0.02)  # lets the worker enter the solver
+    still_solving = worker.is_alive()
+    worker.join()
+    assert still_solving
