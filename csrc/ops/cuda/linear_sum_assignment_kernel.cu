@@ -8,8 +8,9 @@
 // column scipy's sequential scan would. The inherently sequential steps (take the column, flip
 // the path) are done by thread 0 between barriers.
 //
-// The working arrays live in global memory (one slice per problem, allocated by the host wrapper)
-// so any problem size runs; the cost is read in place through its strides and widened to float64
+// The working arrays live in shared memory when they fit (max(R, C) up to 1002) and otherwise in
+// a global-memory workspace (one slice per problem, allocated by the host wrapper), so any
+// problem size runs; the cost is read in place through its strides and widened to float64
 // on the fly (transposed indexing for tall problems, negated when maximizing). Errors come back in
 // the status tensor; the kernel never asserts.
 #include <ATen/ATen.h>
@@ -50,17 +51,22 @@ struct Work {
   int32_t *path, *col4row, *row4col, *remaining, *rows_seen, *cols_seen;
 };
 
-__device__ Work slice(double* wd, int32_t* wi, int64_t b, int64_t L) {
-  double* d = wd + b * 3 * L;
-  int32_t* w = wi + b * 6 * L;
+__device__ Work carve(double* d, int32_t* w, int64_t L) {
   return Work{d, d + L, d + 2 * L, w, w + L, w + 2 * L, w + 3 * L, w + 4 * L, w + 5 * L};
 }
+
+// Bytes of one problem's working arrays; when they fit in the 48 KB a block may use without
+// opting in (less 1 KB for the kernel's static shared variables; DETR: L = 900 queries -> 43 KB),
+// they live in shared memory, otherwise in the global workspace.
+constexpr int64_t kBytesPerEntry = 3 * sizeof(double) + 6 * sizeof(int32_t);
+constexpr int64_t kSharedLimit = 47 * 1024;
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     lsa_kernel(const scalar_t* __restrict__ cost, int64_t s0, int64_t s1, int64_t s2, int64_t R, int64_t C,
                const int64_t* __restrict__ num_rows, const int64_t* __restrict__ num_cols, bool maximize,
-               double* wd, int32_t* wi, int64_t L, int64_t* __restrict__ col_for_row, int32_t* __restrict__ status) {
+               double* wd, int32_t* wi, int64_t L, bool in_shared, int64_t* __restrict__ col_for_row,
+               int32_t* __restrict__ status) {
   const int64_t b = blockIdx.x;
   const int tid = threadIdx.x;
   const int64_t rows = num_rows ? num_rows[b] : R, cols = num_cols ? num_cols[b] : C;
@@ -89,7 +95,9 @@ __global__ void __launch_bounds__(kThreads)
     return;
   }
 
-  Work w = slice(wd, wi, b, L);
+  extern __shared__ double shared_work[];
+  Work w = in_shared ? carve(shared_work, reinterpret_cast<int32_t*>(shared_work + 3 * L), L)
+                     : carve(wd + b * 3 * L, wi + b * 6 * L, L);
   for (int j = tid; j < nc; j += kThreads) {
     w.v[j] = 0;
     w.row4col[j] = -1;
@@ -245,16 +253,20 @@ std::tuple<at::Tensor, at::Tensor> batched_linear_sum_assignment_cuda(const at::
   if (num_rows_in.has_value()) num_rows = num_rows_in->contiguous();
   if (num_cols_in.has_value()) num_cols = num_cols_in->contiguous();
   const int64_t L = std::max<int64_t>(1, std::max(R, C));
-  at::Tensor wd = at::empty({B, 3 * L}, cost.options().dtype(at::kDouble));
-  at::Tensor wi = at::empty({B, 6 * L}, cost.options().dtype(at::kInt));
+  const bool in_shared = L * kBytesPerEntry <= kSharedLimit;
+  const int64_t global_entries = in_shared ? 0 : B * L;
+  at::Tensor wd = at::empty({global_entries * 3}, cost.options().dtype(at::kDouble));
+  at::Tensor wi = at::empty({global_entries * 6}, cost.options().dtype(at::kInt));
+  const size_t shared_bytes = in_shared ? static_cast<size_t>(L * kBytesPerEntry) : 0;
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, cost.scalar_type(), "batched_linear_sum_assignment_cuda",
                                   [&] {
-    lsa_kernel<scalar_t><<<static_cast<unsigned>(B), kThreads, 0, stream>>>(
+    lsa_kernel<scalar_t><<<static_cast<unsigned>(B), kThreads, shared_bytes, stream>>>(
         cost.const_data_ptr<scalar_t>(), cost.stride(0), cost.stride(1), cost.stride(2), R, C,
         num_rows.defined() ? num_rows.const_data_ptr<int64_t>() : nullptr,
         num_cols.defined() ? num_cols.const_data_ptr<int64_t>() : nullptr, maximize, wd.mutable_data_ptr<double>(),
-        wi.mutable_data_ptr<int32_t>(), L, col_for_row.mutable_data_ptr<int64_t>(), status.mutable_data_ptr<int32_t>());
+        wi.mutable_data_ptr<int32_t>(), L, in_shared, col_for_row.mutable_data_ptr<int64_t>(),
+        status.mutable_data_ptr<int32_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {col_for_row, status};
