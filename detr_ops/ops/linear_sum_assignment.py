@@ -108,7 +108,7 @@ def batched_linear_sum_assignment(
     _extension.load()
     if _backend.resolve(backend, cost.device) == "triton":
         # A plain import (not importlib, which torch.compile refuses to trace) registers the op.
-        import detr_ops.triton.linear_sum_assignment  # noqa: F401
+        import detr_ops.triton.linear_sum_assignment as _  # noqa: F401  (registers the *_triton ops)
 
         op = torch.ops.detr_ops.batched_linear_sum_assignment_triton
     else:
