@@ -17,8 +17,9 @@ export FORCE_CUDA=1
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-"$venv/bin/python" -m pip install -q --disable-pip-version-check "${CUDA_TORCH:-torch==2.11.0}" \
-  numpy scipy pytest hypothesis expecttest ninja
+# torch first, so that the requirements (triton among them) resolve against its pins
+"$venv/bin/python" -m pip install -q --disable-pip-version-check "${CUDA_TORCH:-torch==2.11.0}"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$root/requirements-dev.txt"
 
 rm -rf "$work" && mkdir -p "$work"
 (cd "$root" && git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$work")
