@@ -18,6 +18,12 @@ from detr_ops.ops.matching_cost import matching_cost, pad_targets
 from detr_ops.ops.ms_deform_attn import MSDeformAttnFunction, ms_deform_attn
 from detr_ops.reference.ms_deform_attn import ms_deform_attn_pytorch
 from detr_ops.nn.ms_deform_attn import MSDeformAttn
+from detr_ops.nn.matcher import HungarianMatcher
+from detr_ops.ops.linear_sum_assignment import (
+    batched_linear_sum_assignment,
+    linear_sum_assignment,
+    row_for_col,
+)
 
 __all__ = [
     "__version__",
@@ -35,4 +41,8 @@ __all__ = [
     "MSDeformAttnFunction",
     "ms_deform_attn_pytorch",
     "MSDeformAttn",
+    "HungarianMatcher",
+    "linear_sum_assignment",
+    "batched_linear_sum_assignment",
+    "row_for_col",
 ]

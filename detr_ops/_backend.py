@@ -4,9 +4,10 @@
 device (C++ on CPU, CUDA C++ on a GPU). ``backend="triton"`` runs the op's Triton kernels, which
 are registered as separate ops (``torch.ops.detr_ops.<name>_triton``) so that both GPU
 implementations can be tested and benchmarked side by side. On CPU tensors Triton only runs under
-the interpreter (``TRITON_INTERPRET=1`` set before Triton is imported).
+the interpreter (``TRITON_INTERPRET=1`` set before Triton is imported). The Triton ops are
+registered when their module is imported, with a plain ``import detr_ops.triton.<op>`` statement at
+the point of use (torch.compile traces import statements, not importlib).
 """
-import importlib
 import os
 
 import torch
@@ -40,8 +41,3 @@ def resolve(backend: str, device: torch.device) -> str:
             "set TRITON_INTERPRET=1 before importing Triton to run it on the CPU"
         )
     return "triton"
-
-
-def triton_ops(name: str):
-    """Imports detr_ops.triton.<name>, which registers its torch.ops.detr_ops.*_triton ops."""
-    return importlib.import_module(f"detr_ops.triton.{name}")

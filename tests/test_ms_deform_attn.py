@@ -244,7 +244,7 @@ def _opcheck_args(device):
 def test_opcheck(device, backend):
     forward_args, backward_args = _opcheck_args(device)
     if backend == "triton":
-        detr_ops._backend.triton_ops("ms_deform_attn")
+        import detr_ops.triton.ms_deform_attn as _  # noqa: F401  (registers the *_triton ops)
     suffix = "_triton" if backend == "triton" else ""
     forward = getattr(torch.ops.detr_ops, f"ms_deform_attn{suffix}")
     backward = getattr(torch.ops.detr_ops, f"ms_deform_attn_backward{suffix}")

@@ -3,7 +3,7 @@
 namespace detr_ops::bindings {
 
 void register_all(pybind11::module_& m) {
-  (void)m;
+  register_linear_sum_assignment(m);
 }
 
 }  // namespace detr_ops::bindings

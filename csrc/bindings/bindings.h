@@ -7,4 +7,7 @@ namespace detr_ops::bindings {
 
 void register_all(pybind11::module_& m);
 
+// csrc/bindings/linear_sum_assignment.cpp: linear_sum_assignment (scipy drop-in).
+void register_linear_sum_assignment(pybind11::module_& m);
+
 }  // namespace detr_ops::bindings

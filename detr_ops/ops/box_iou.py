@@ -55,7 +55,7 @@ def _pairwise(boxes1, boxes2, box_format, generalized, backend):
         raise ValueError(f"boxes1 and boxes2 must have the same batch size, got {boxes1.shape[0]} and {boxes2.shape[0]}")
     _extension.load()
     if _backend.resolve(backend, boxes1.device) == "triton":
-        _backend.triton_ops("box_iou")
+        import detr_ops.triton.box_iou as _  # noqa: F401  (registers the *_triton ops)
         return torch.ops.detr_ops.pairwise_iou_triton(boxes1, boxes2, box_format, generalized)
     return torch.ops.detr_ops.pairwise_iou(boxes1, boxes2, box_format, generalized)
 
@@ -84,7 +84,7 @@ def generalized_box_iou_loss(
         raise ValueError(f"boxes1 and boxes2 must have the same shape, got {tuple(boxes1.shape)} and {tuple(boxes2.shape)}")
     _extension.load()
     if _backend.resolve(backend, boxes1.device) == "triton":
-        _backend.triton_ops("box_iou")
+        import detr_ops.triton.box_iou as _  # noqa: F401  (registers the *_triton ops)
         loss = torch.ops.detr_ops.giou_loss_triton(boxes1, boxes2, box_format, float(eps))
     else:
         loss = torch.ops.detr_ops.giou_loss(boxes1, boxes2, box_format, float(eps))

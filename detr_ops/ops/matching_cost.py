@@ -69,7 +69,7 @@ def matching_cost(pred_logits, pred_boxes, tgt_labels, tgt_boxes, num_targets, c
     args = (pred_logits.detach(), pred_boxes.detach(), tgt_labels, tgt_boxes.detach(), num_targets, float(cost_class),
             float(cost_bbox), float(cost_giou), bool(focal), float(focal_alpha), float(focal_gamma))
     if _backend.resolve(backend, pred_logits.device) == "triton":
-        _backend.triton_ops("matching_cost")
+        import detr_ops.triton.matching_cost as _  # noqa: F401  (registers the *_triton ops)
         return torch.ops.detr_ops.matching_cost_triton(*args)
     return torch.ops.detr_ops.matching_cost(*args)
 

@@ -110,7 +110,7 @@ def ms_deform_attn(value, value_spatial_shapes, value_level_start_index, samplin
     )
     _extension.load()
     if _backend.resolve(backend, value.device) == "triton":
-        _backend.triton_ops("ms_deform_attn")
+        import detr_ops.triton.ms_deform_attn as _  # noqa: F401  (registers the *_triton ops)
         return torch.ops.detr_ops.ms_deform_attn_triton(value, shapes, starts, locations, weights)
     return torch.ops.detr_ops.ms_deform_attn(value, shapes, starts, locations, weights)
 

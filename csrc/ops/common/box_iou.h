@@ -56,12 +56,12 @@ template <typename T>
 DETR_HD T max_(T a, T b) { return a > b ? a : b; }
 template <typename T>
 DETR_HD T min_(T a, T b) { return a < b ? a : b; }
-// d max(a, b) / da and d min(a, b) / da as autograd defines them (ties split evenly). Written as
-// arithmetic on comparisons: the nested ternary compiled to branches and blocked vectorisation.
+// d max(a, b) / da and d min(a, b) / da as autograd defines them (ties split evenly). Selects, not
+// bool-to-float arithmetic: the conversions stop g++ from vectorising the gradient loop.
 template <typename T>
-DETR_HD T dmax_da(T a, T b) { return T(0.5) * (T(a > b) + T(a >= b)); }
+DETR_HD T dmax_da(T a, T b) { return a > b ? T(1) : (a == b ? T(0.5) : T(0)); }
 template <typename T>
-DETR_HD T dmin_da(T a, T b) { return T(0.5) * (T(a < b) + T(a <= b)); }
+DETR_HD T dmin_da(T a, T b) { return a < b ? T(1) : (a == b ? T(0.5) : T(0)); }
 
 // max(x, 0) and its derivative as torch.clamp(min=0) defines it.
 template <typename T>

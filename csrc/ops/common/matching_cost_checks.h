@@ -1,7 +1,9 @@
-// Host-side argument checks of detr_ops::matching_cost, shared by the CPU and CUDA kernels.
+// Host-side argument checks and input preparation of detr_ops::matching_cost, shared by the CPU
+// and CUDA kernels.
 #pragma once
 
-#include <ATen/core/Tensor.h>
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 #include <c10/util/Exception.h>
 
 namespace detr_ops::matching {
@@ -31,6 +33,22 @@ inline void check_inputs(const at::Tensor& logits, const at::Tensor& boxes, cons
     TORCH_CHECK_VALUE(t->device() == logits.device(), "all inputs must be on pred_logits' device ", logits.device(),
                       ", got one on ", t->device());
   }
+}
+
+// The inputs as the kernels read them: contiguous, floats in the accumulation type (float for
+// half/bfloat16/float, double for double), and the empty output [B, Q, T].
+struct Prepared {
+  at::Tensor logits, boxes, tboxes, labels, counts, out;
+};
+
+inline Prepared prepare(const at::Tensor& pred_logits, const at::Tensor& pred_boxes, const at::Tensor& tgt_labels,
+                        const at::Tensor& tgt_boxes, const at::Tensor& num_targets) {
+  check_inputs(pred_logits, pred_boxes, tgt_labels, tgt_boxes, num_targets);
+  const at::ScalarType acc = at::toOpMathType(pred_logits.scalar_type());
+  Prepared p{pred_logits.to(acc).contiguous(), pred_boxes.to(acc).contiguous(), tgt_boxes.to(acc).contiguous(),
+             tgt_labels.contiguous(), num_targets.contiguous(), at::Tensor()};
+  p.out = at::empty({pred_logits.size(0), pred_logits.size(1), tgt_labels.size(1)}, p.logits.options());
+  return p;
 }
 
 }  // namespace detr_ops::matching

@@ -18,17 +18,13 @@ namespace {
 at::Tensor matching_cost_cpu(const at::Tensor& pred_logits, const at::Tensor& pred_boxes, const at::Tensor& tgt_labels,
                              const at::Tensor& tgt_boxes, const at::Tensor& num_targets, double cost_class,
                              double cost_bbox, double cost_giou, bool focal, double focal_alpha, double focal_gamma) {
-  check_inputs(pred_logits, pred_boxes, tgt_labels, tgt_boxes, num_targets);
+  // a named struct, not structured bindings: C++17 lambdas (the CUDA build) cannot capture those
+  const Prepared in = prepare(pred_logits, pred_boxes, tgt_labels, tgt_boxes, num_targets);
+  const at::Tensor &logits = in.logits, &boxes = in.boxes, &tboxes = in.tboxes, &labels = in.labels;
+  const at::Tensor &counts = in.counts, &out = in.out;
   const int64_t B = pred_logits.size(0), Q = pred_logits.size(1), K = pred_logits.size(2), T = tgt_labels.size(1);
-  const at::ScalarType acc = at::toOpMathType(pred_logits.scalar_type());
-  const at::Tensor logits = pred_logits.to(acc).contiguous();
-  const at::Tensor boxes = pred_boxes.to(acc).contiguous();
-  const at::Tensor tboxes = tgt_boxes.to(acc).contiguous();
-  const at::Tensor labels = tgt_labels.contiguous();
-  const at::Tensor counts = num_targets.contiguous();
-  at::Tensor out = at::empty({B, Q, T}, logits.options());
   if (out.numel() == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES(acc, "matching_cost_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "matching_cost_cpu", [&] {
     using T_ = scalar_t;
     const T_* pl = logits.const_data_ptr<T_>();
     const T_* pb = boxes.const_data_ptr<T_>();

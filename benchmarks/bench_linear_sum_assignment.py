@@ -1,0 +1,126 @@
+"""Linear sum assignment: detr_ops against scipy, lap and DETR's per-image scipy loop.
+
+* single problems (``shapes.LSA_SINGLE``, uniform random float64): ``detr_ops.linear_sum_assignment``
+  vs ``scipy.optimize.linear_sum_assignment`` and ``lap.lapjv`` (extend_cost for rectangles);
+* DETR batches (``shapes.LSA_DETR_BATCH``: B images x Q queries, COCO-like target counts):
+  DETR's matcher loop exactly as DETR writes it (split the ``[B, Q, sum T]`` cost per image, scipy
+  per image, ``torch.as_tensor`` of the indices) vs ``detr_ops.batched_linear_sum_assignment``,
+  timed twice: end to end from DETR's layout to DETR's list of (rows, cols) ("detr_ops"), and the
+  op alone on the padded ``[B, Q, max T]`` cost a fused matching-cost kernel produces
+  ("detr_ops-op").
+
+Every implementation's indices are checked against scipy's before it is timed (for lap, whose
+tie-breaking differs, on inputs with a unique optimum).
+
+Run: ``pytest benchmarks/bench_linear_sum_assignment.py --benchmark-only``.
+"""
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linear_sum_assignment as scipy_lsa
+
+import detr_ops
+from benchmarks import shapes
+from benchmarks.timing import check_equal, measure
+
+OP = "linear_sum_assignment"
+
+
+def _single_cost(rows, cols):
+    return np.random.default_rng(rows * 10007 + cols).random((rows, cols))
+
+
+def _lapjv(cost):
+    import lap
+
+    _, x, _ = lap.lapjv(cost, extend_cost=cost.shape[0] != cost.shape[1])
+    return x
+
+
+def _rows_cols_from_lapjv(x):
+    rows = np.nonzero(x >= 0)[0]
+    return rows, x[rows].astype(np.int64)
+
+
+@pytest.mark.parametrize("impl", ["scipy", "lap", "detr_ops"])
+@pytest.mark.parametrize("rows,cols", shapes.LSA_SINGLE, ids=lambda v: str(v))
+def test_single(benchmark, rows, cols, impl):
+    cost = _single_cost(rows, cols)
+    expected = scipy_lsa(cost)
+    if impl == "scipy":
+        fn, role, got = (lambda: scipy_lsa(cost)), "baseline", expected
+    elif impl == "lap":
+        pytest.importorskip("lap")
+        fn, role, got = (lambda: _lapjv(cost)), "baseline", _rows_cols_from_lapjv(_lapjv(cost))
+    else:
+        fn, role, got = (lambda: detr_ops.linear_sum_assignment(cost)), "detr_ops", detr_ops.linear_sum_assignment(cost)
+    check_equal(got[0], expected[0], what=f"{impl} row_ind")
+    check_equal(got[1], expected[1], what=f"{impl} col_ind")
+    measure(benchmark, fn, op=OP, case=f"{rows}x{cols}", impl=impl, role=role,
+            backend="native" if impl == "detr_ops" else "")
+
+
+# ---- DETR batches ------------------------------------------------------------------------------
+
+
+def _detr_batch(B, Q):
+    """DETR's matching cost [B, Q, sum T] (float32, as the matcher makes it) and the sizes."""
+    generator = torch.Generator().manual_seed(B * 1000 + Q)
+    torch.manual_seed(B * 1000 + Q)  # coco_like_target_counts draws from the global generator too
+    sizes = shapes.coco_like_target_counts(B, generator)
+    C = torch.rand(B, Q, sum(sizes), generator=generator)
+    return C, sizes
+
+
+def detr_loop(C, sizes):
+    """DETR's HungarianMatcher.forward after the cost is computed, verbatim."""
+    C = C.cpu()
+    indices = [scipy_lsa(c[i]) for i, c in enumerate(C.split(sizes, -1))]
+    return [(torch.as_tensor(i, dtype=torch.int64), torch.as_tensor(j, dtype=torch.int64)) for i, j in indices]
+
+
+def _padded(C, sizes):
+    """Each image's [Q, T_b] block of DETR's [B, Q, sum T] cost, padded to [B, Q, max T].
+
+    Done in numpy: sixteen torch slice assignments cost more than the solve itself."""
+    dense = C.numpy()
+    padded = np.zeros((C.shape[0], C.shape[1], max(max(sizes), 1)), dtype=dense.dtype)
+    offset = 0
+    for b, t in enumerate(sizes):
+        padded[b, :, :t] = dense[b, :, offset : offset + t]
+        offset += t
+    return torch.from_numpy(padded), torch.tensor(sizes)
+
+
+def detr_ops_from_detr_layout(C, sizes):
+    """Same input and output as detr_loop: pad the per-image blocks, one batched solve, lists."""
+    padded, num_cols = _padded(C, sizes)
+    col_for_row, _ = detr_ops.batched_linear_sum_assignment(padded, num_cols=num_cols)
+    col_for_row = col_for_row.numpy()
+    out = []
+    for row in col_for_row:
+        rows = np.flatnonzero(row >= 0)
+        out.append((torch.from_numpy(rows), torch.from_numpy(row[rows])))
+    return out
+
+
+@pytest.mark.parametrize("impl", ["scipy-loop", "detr_ops", "detr_ops-op"])
+@pytest.mark.parametrize("B,Q", shapes.LSA_DETR_BATCH, ids=lambda v: str(v))
+def test_detr_batch(benchmark, B, Q, impl):
+    C, sizes = _detr_batch(B, Q)
+    expected = detr_loop(C, sizes)
+    case = f"B{B} Q{Q} T{sum(sizes)}"
+    if impl == "scipy-loop":
+        measure(benchmark, lambda: detr_loop(C, sizes), op=OP, case=case, impl=impl, role="baseline")
+        return
+    got = detr_ops_from_detr_layout(C, sizes)
+    for b, ((ei, ej), (gi, gj)) in enumerate(zip(expected, got)):
+        check_equal(gi, ei, what=f"image {b} rows")
+        check_equal(gj, ej, what=f"image {b} cols")
+    if impl == "detr_ops":
+        fn = lambda: detr_ops_from_detr_layout(C, sizes)  # noqa: E731
+    else:
+        padded, num_cols = _padded(C, sizes)
+        fn = lambda: detr_ops.batched_linear_sum_assignment(padded, num_cols=num_cols)  # noqa: E731
+    measure(benchmark, fn, op=OP, case=case, impl=impl, role="detr_ops", backend="native",
+            threads=torch.get_num_threads())

@@ -1,0 +1,88 @@
+// CPU kernel of detr_ops::batched_linear_sum_assignment (schema in ops/linear_sum_assignment.cpp).
+//
+// Problems are independent, so the batch is spread over threads with at::parallel_for (largest
+// first, from a shared counter); each thread keeps one Solver (ops/common/lsa_solver.h) whose buffers serve all its problems. A
+// problem's valid block is read through the input's strides and converted to float64 while it is
+// copied into the solver (transposed when tall), so no contiguous or float64 copy of the whole
+// batch is made.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <tuple>
+#include <vector>
+
+#include "ops/common/lsa_checks.h"
+#include "ops/common/lsa_solver.h"
+
+namespace detr_ops::lsa {
+namespace {
+
+int64_t size_or(const c10::optional<at::Tensor>& sizes, int64_t b, int64_t fallback) {
+  return sizes.has_value() ? sizes->const_data_ptr<int64_t>()[b] : fallback;
+}
+
+std::tuple<at::Tensor, at::Tensor> batched_linear_sum_assignment_cpu(const at::Tensor& cost,
+                                                                     const c10::optional<at::Tensor>& num_rows_in,
+                                                                     const c10::optional<at::Tensor>& num_cols_in,
+                                                                     bool maximize) {
+  check_inputs(cost, num_rows_in, num_cols_in);
+  const int64_t B = cost.size(0), R = cost.size(1), C = cost.size(2);
+  c10::optional<at::Tensor> num_rows, num_cols;
+  if (num_rows_in.has_value()) num_rows = num_rows_in->contiguous();
+  if (num_cols_in.has_value()) num_cols = num_cols_in->contiguous();
+  at::Tensor col_for_row = at::full({B, R}, -1, cost.options().dtype(at::kLong));
+  at::Tensor status = at::zeros({B}, cost.options().dtype(at::kInt));
+  int64_t* out = col_for_row.mutable_data_ptr<int64_t>();
+  int32_t* st = status.mutable_data_ptr<int32_t>();
+  const int64_t s0 = cost.stride(0), s1 = cost.stride(1), s2 = cost.stride(2);
+
+  // Largest problems first, handed out one at a time from a shared counter: DETR batches mix
+  // empty images with busy ones, and a static split of the batch would leave threads idle.
+  std::vector<int64_t> order(B);
+  std::vector<double> work(B);
+  for (int64_t b = 0; b < B; ++b) {
+    const double nr = static_cast<double>(size_or(num_rows, b, R)), nc = static_cast<double>(size_or(num_cols, b, C));
+    work[b] = nr * nc * std::min(nr, nc);  // rows of the working problem x scan length x path length
+    order[b] = b;
+  }
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return work[a] > work[b]; });
+  std::atomic<int64_t> next{0};
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(B, at::get_num_threads()));
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, cost.scalar_type(), "batched_linear_sum_assignment_cpu",
+                                  [&] {
+    const scalar_t* base = cost.const_data_ptr<scalar_t>();
+    at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+      Solver<double> solver;
+      for (int64_t k = next.fetch_add(1); k < B; k = next.fetch_add(1)) {
+        const int64_t b = order[k];
+        const int64_t nr = size_or(num_rows, b, R), nc = size_or(num_cols, b, C);
+        if (nr < 0 || nr > R || nc < 0 || nc > C) {
+          st[b] = kBadSize;
+          continue;
+        }
+        if (nr == 0 || nc == 0) continue;
+        const scalar_t* p = base + b * s0;
+        Status s = solver.load(nr, nc, maximize, [p, s1, s2](int64_t i, int64_t j) {
+          return static_cast<double>(p[i * s1 + j * s2]);
+        });
+        if (s == kOk) s = solver.solve_loaded();
+        if (s == kOk) solver.col_for_row(out + b * R);
+        st[b] = s;
+      }
+    });
+  });
+  return {col_for_row, status};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(detr_ops, CPU, m) {
+  m.impl("batched_linear_sum_assignment", &batched_linear_sum_assignment_cpu);
+}
+
+}  // namespace detr_ops::lsa
