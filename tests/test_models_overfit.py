@@ -6,8 +6,6 @@ import torch
 from detr_ops.models.train import param_groups
 from tests.models_tiny import batch, tiny_model
 
-pytestmark = pytest.mark.filterwarnings("ignore:detr_ops.HungarianMatcher is not in this build")
-
 
 @pytest.mark.parametrize("name", ["deformable_detr", "detr"])
 def test_overfit_one_batch(name):

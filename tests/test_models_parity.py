@@ -12,8 +12,6 @@ import torch
 
 from tests.models_tiny import batch, tiny_model
 
-pytestmark = pytest.mark.filterwarnings("ignore:detr_ops.HungarianMatcher is not in this build")
-
 VARIANTS = [
     ("detr", {}),
     ("deformable_detr", {}),

@@ -86,7 +86,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     model, config = load_checkpoint(args.checkpoint, args.device, ops=args.ops)
     dataset = SyntheticShapes(args.val_size or config["val_size"], seed=config["seed"] + 1,
-                              image_size=config["image_size"])
+                              image_size=config["image_size"], max_objects=config["max_objects"])
     metrics = evaluate(model, dataset, config["model"] != "detr", args.device, args.batch_size, verbose=True)
     print(json.dumps(metrics))
 

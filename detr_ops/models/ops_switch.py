@@ -14,8 +14,6 @@ Hungarian matcher      ``detr_ops.HungarianMatcher``    DETR's cost matrix + sci
 
 The reference path needs no compiled extension, so it is also what users without a build run.
 """
-import warnings
-
 import torch
 
 from detr_ops.nn.ms_deform_attn import MSDeformAttn
@@ -61,10 +59,7 @@ def giou_loss(ops: str):
 def matcher(ops: str, **kwargs):
     """A matcher with DETR's interface: ``forward(outputs, targets) -> [(index_i, index_j)]``."""
     if check(ops) == "detr_ops":
-        import detr_ops
+        from detr_ops.nn.matcher import HungarianMatcher
 
-        if hasattr(detr_ops, "HungarianMatcher"):
-            return detr_ops.HungarianMatcher(**kwargs)
-        # Builds of detr_ops older than the fused matcher: same interface and indices, host solver.
-        warnings.warn("detr_ops.HungarianMatcher is not in this build; using HungarianMatcherReference")
+        return HungarianMatcher(**kwargs)
     return HungarianMatcherReference(**kwargs)
