@@ -64,3 +64,14 @@ def test_postprocess_scales_boxes_to_pixels():
     softmax = postprocess({"pred_logits": torch.cat([logits, torch.zeros(1, 2, 1)], -1), "pred_boxes": boxes},
                           sizes, focal=False)[0]
     assert softmax["labels"].tolist()[1] == 2 and len(softmax["scores"]) == 2
+
+
+def test_set_epoch_draws_new_images_reproducibly():
+    data = SyntheticShapes(4, seed=0)
+    fixed, _ = data[1]
+    data.set_epoch(3)
+    fresh, _ = data[1]
+    assert not torch.equal(fixed, fresh)
+    assert torch.equal(fresh, data[1][0])
+    data.set_epoch(None)
+    assert torch.equal(fixed, data[1][0])

@@ -4,8 +4,9 @@ Each image holds 1..``max_objects`` filled shapes of ``CLASSES`` (rectangle, ell
 varied size, colour and aspect, placed with bounded overlap on a textured background (a smooth
 random colour field, random stripes and pixel noise), and each shape carries its own noise, so
 a detector must use shape, not colour or edges alone. Item ``i`` of a split is a pure function of
-``(seed, i)``: every process, worker and run sees the same image, which is what lets 1-process and
-multi-process evaluations be compared. Different seeds give disjoint, held-out splits.
+``(seed, i)`` (and the epoch, after ``set_epoch``, for training on fresh images every epoch): every
+process, worker and run sees the same image, which is what lets 1-process and multi-process runs be
+compared. Different seeds give disjoint, held-out splits.
 """
 import math
 
@@ -45,6 +46,11 @@ class SyntheticShapes(Dataset):
         self.max_size = max_size
         self.max_overlap = max_overlap
         self.num_classes = len(CLASSES)
+        self.epoch = None
+
+    def set_epoch(self, epoch):
+        """Draw a new set of images for ``epoch`` (training on unlimited data); None: the fixed set."""
+        self.epoch = epoch
 
     def __len__(self):
         return self.length
@@ -84,7 +90,8 @@ class SyntheticShapes(Dataset):
         return (t >= 0) & (t <= 1) & (np.abs(xx + 0.5 - cx) <= half)
 
     def __getitem__(self, index):
-        rng = np.random.default_rng([self.seed, index])
+        key = [self.seed, index] if self.epoch is None else [self.seed, index, self.epoch]
+        rng = np.random.default_rng(key)
         h, w = self._side(rng)
         image, yy, xx = self._background(rng, h, w)
         boxes, labels = [], []

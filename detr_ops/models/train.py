@@ -42,6 +42,8 @@ def parse_args(argv=None):
     p.add_argument("--max-minutes", type=float, default=None, help="wall-clock training budget")
     p.add_argument("--train-size", type=int, default=2000, help="images per epoch")
     p.add_argument("--val-size", type=int, default=500, help="held-out images")
+    p.add_argument("--fixed-train-set", action="store_true",
+                   help="reuse the same --train-size images every epoch (default: fresh images each epoch)")
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--max-objects", type=int, default=3)
     p.add_argument("--eval-every", type=int, default=0, help="evaluate every N epochs (0: only at the end)")
@@ -142,6 +144,8 @@ def main(argv=None):
     for epoch in range(start_epoch, args.epochs):
         if world > 1:
             sampler.set_epoch(epoch)
+        if not args.fixed_train_set:
+            train_set.set_epoch(epoch)
         model.train()
         bar = progress_bar(loader, main_proc and not args.no_progress, desc=f"epoch {epoch}", leave=False)
         for images, mask, targets in bar:
