@@ -184,7 +184,7 @@ def main(argv=None):
             if budget is not None and distributed_any(train_time >= budget, device):
                 stop = True
                 break
-        record = {"epoch": epoch, "step": step, "train_minutes": train_time / 60, "loss": float(loss)}
+        record = {"epoch": epoch, "step": step, "train_minutes": train_time / 60, "loss": loss.item()}
         last = stop or epoch == args.epochs - 1
         if last or (args.eval_every and (epoch + 1) % args.eval_every == 0):
             record.update(evaluate(model, val_set, is_focal(args.model), device))
