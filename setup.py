@@ -135,6 +135,7 @@ setup(
         "triton": ["triton"],
         "tests": ["pytest", "hypothesis", "expecttest", "scipy"],
         "benchmarks": ["pytest-benchmark", "matplotlib", "lap"],
+        "models": ["pycocotools", "tqdm", "matplotlib"],
     },
     zip_safe=False,
 )

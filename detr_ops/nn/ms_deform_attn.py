@@ -97,6 +97,11 @@ class MSDeformAttn(nn.Module):
                          + offsets / P * reference_points[:, :, None, :, None, 2:] * 0.5)
         else:
             raise ValueError(f"reference_points must have a last dimension of 2 or 4, got {reference_points.shape[-1]}")
-        output = ms_deform_attn(value, input_spatial_shapes, input_level_start_index, locations, weights,
-                                self.im2col_step, backend=self.backend)
+        output = self._attend(value, input_spatial_shapes, input_level_start_index, locations, weights)
         return self.output_proj(output)
+
+    def _attend(self, value, spatial_shapes, level_start_index, locations, weights):
+        """The sampling step alone, so a subclass can swap the kernel (detr_ops.models runs the same
+        module on the grid_sample reference this way) and keep the projections and location math."""
+        return ms_deform_attn(value, spatial_shapes, level_start_index, locations, weights, self.im2col_step,
+                              backend=self.backend)

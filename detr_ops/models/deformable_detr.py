@@ -1,0 +1,121 @@
+"""Deformable DETR: multi-scale ResNet features + deformable transformer + per-layer heads.
+
+Keys as in the original checkpoints: ``backbone.0.body.*``, ``input_proj.N.{0,1}`` (conv + GroupNorm
+per level), ``query_embed`` (``2 * hidden``: positional half and content half), ``transformer.*``,
+``class_embed.N`` / ``bbox_embed.N.layers.M`` for each decoder layer (one shared head repeated when
+boxes are not refined, as the original lists it), and ``transformer.decoder.bbox_embed.N`` /
+``class_embed.N`` for the refinement / two-stage options. Classification is sigmoid (focal loss):
+``num_classes`` logits, no "no object" class.
+"""
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detr_ops.models.backbone import Backbone, Joiner
+from detr_ops.models.deformable_transformer import DeformableTransformer, inverse_sigmoid
+from detr_ops.models.mlp import MLP
+from detr_ops.models.position_encoding import PositionEmbeddingSine
+
+
+class DeformableDETR(nn.Module):
+    def __init__(self, backbone, transformer, num_classes, num_queries, num_feature_levels, aux_loss=True,
+                 with_box_refine=False, two_stage=False, gn_groups=32):
+        super().__init__()
+        hidden = transformer.d_model
+        self.num_queries = num_queries
+        self.transformer = transformer
+        self.num_feature_levels = num_feature_levels
+        class_embed = nn.Linear(hidden, num_classes)
+        bbox_embed = MLP(hidden, hidden, 4, 3)
+        if not two_stage:
+            self.query_embed = nn.Embedding(num_queries, hidden * 2)
+        # One projection per backbone level; further levels come from stride-2 3x3 convs on the last.
+        projs = [nn.Sequential(nn.Conv2d(c, hidden, 1), nn.GroupNorm(gn_groups, hidden))
+                 for c in backbone.num_channels[:num_feature_levels]]
+        cin = backbone.num_channels[-1]
+        for _ in range(num_feature_levels - len(projs)):
+            projs.append(nn.Sequential(nn.Conv2d(cin, hidden, 3, stride=2, padding=1), nn.GroupNorm(gn_groups, hidden)))
+            cin = hidden
+        self.input_proj = nn.ModuleList(projs)
+        self.backbone = backbone
+        self.aux_loss = aux_loss
+        self.with_box_refine = with_box_refine
+        self.two_stage = two_stage
+
+        # Classes start at a 1% prior so the focal loss is not swamped by easy negatives at step 0.
+        prior_prob = 0.01
+        nn.init.constant_(class_embed.bias, -math.log((1 - prior_prob) / prior_prob))
+        nn.init.constant_(bbox_embed.layers[-1].weight, 0.0)
+        nn.init.constant_(bbox_embed.layers[-1].bias, 0.0)
+        for proj in self.input_proj:
+            nn.init.xavier_uniform_(proj[0].weight, gain=1)
+            nn.init.constant_(proj[0].bias, 0)
+
+        num_pred = transformer.decoder.num_layers + (1 if two_stage else 0)
+        if with_box_refine:
+            self.class_embed = nn.ModuleList(copy.deepcopy(class_embed) for _ in range(num_pred))
+            self.bbox_embed = nn.ModuleList(copy.deepcopy(bbox_embed) for _ in range(num_pred))
+            # Only the first layer predicts sizes from scratch: start it at small boxes (sigmoid(-2)).
+            nn.init.constant_(self.bbox_embed[0].layers[-1].bias[2:], -2.0)
+            self.transformer.decoder.bbox_embed = self.bbox_embed
+        else:
+            nn.init.constant_(bbox_embed.layers[-1].bias[2:], -2.0)
+            self.class_embed = nn.ModuleList(class_embed for _ in range(num_pred))
+            self.bbox_embed = nn.ModuleList(bbox_embed for _ in range(num_pred))
+        if two_stage:
+            self.transformer.decoder.class_embed = self.class_embed
+            # Two-stage references are already boxes: the heads predict corrections, starting at 0.
+            for box_embed in self.bbox_embed:
+                nn.init.constant_(box_embed.layers[-1].bias[2:], 0.0)
+
+    def forward(self, images, mask):
+        """Same output dict as DETR (``pred_logits`` are ``num_classes`` sigmoid logits), plus
+        ``enc_outputs`` (the encoder's proposals) in two-stage mode."""
+        features, pos = self.backbone(images, mask)
+        srcs, masks = [], []
+        for lvl, (feat, m) in enumerate(features):
+            srcs.append(self.input_proj[lvl](feat))
+            masks.append(m)
+        for lvl in range(len(srcs), self.num_feature_levels):
+            src = self.input_proj[lvl](features[-1][0] if lvl == len(features) else srcs[-1])
+            m = F.interpolate(mask[None].float(), size=src.shape[-2:]).to(torch.bool)[0]
+            srcs.append(src)
+            masks.append(m)
+            pos.append(self.backbone[1](m).to(src.dtype))
+        query = None if self.two_stage else self.query_embed.weight
+        hs, init_ref, inter_refs, enc_class, enc_coord = self.transformer(srcs, masks, pos, query)
+
+        logits, boxes = [], []
+        for lvl in range(hs.shape[0]):
+            reference = inverse_sigmoid(init_ref if lvl == 0 else inter_refs[lvl - 1])
+            delta = self.bbox_embed[lvl](hs[lvl])
+            if reference.shape[-1] == 4:
+                coord = delta + reference
+            else:
+                coord = torch.cat([delta[..., :2] + reference, delta[..., 2:]], -1)
+            logits.append(self.class_embed[lvl](hs[lvl]))
+            boxes.append(coord.sigmoid())
+        out = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
+        if self.aux_loss:
+            out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
+        if self.two_stage:
+            out["enc_outputs"] = {"pred_logits": enc_class, "pred_boxes": enc_coord.sigmoid()}
+        return out
+
+
+def build_deformable_detr(num_classes, backbone="resnet50", hidden_dim=256, nheads=8, enc_layers=6, dec_layers=6,
+                          dim_feedforward=1024, dropout=0.1, num_queries=300, num_feature_levels=4, enc_n_points=4,
+                          dec_n_points=4, with_box_refine=False, two_stage=False, aux_loss=True,
+                          pretrained_backbone=True, gn_groups=32, ops="detr_ops"):
+    """Deformable DETR with the original defaults (R50, 4 levels, 300 queries, 4 points)."""
+    body = Backbone(backbone, return_interm_layers=num_feature_levels > 1, freeze_stem=pretrained_backbone)
+    joiner = Joiner(body, PositionEmbeddingSine(hidden_dim // 2, normalize=True, offset=-0.5))
+    transformer = DeformableTransformer(hidden_dim, nheads, enc_layers, dec_layers, dim_feedforward, dropout,
+                                        num_feature_levels=num_feature_levels, dec_n_points=dec_n_points,
+                                        enc_n_points=enc_n_points, two_stage=two_stage,
+                                        two_stage_num_proposals=num_queries, ops=ops)
+    return DeformableDETR(joiner, transformer, num_classes, num_queries, num_feature_levels, aux_loss,
+                          with_box_refine, two_stage, gn_groups)
