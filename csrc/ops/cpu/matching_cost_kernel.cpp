@@ -1,5 +1,9 @@
-// CPU kernel of detr_ops::matching_cost: one task per (image, query) row; the softmax statistics of
-// the row are computed once, then every target of that image is costed. No [B*Q, sum T] matrix.
+// CPU kernel of detr_ops::matching_cost: one task per (image, query) row costs every target of
+// that image (class + L1 + GIoU). No [B*Q, sum T] matrix.
+// DETR's softmax class cost needs a normalisation over all K classes; that table, -softmax [B, Q, K],
+// comes from ATen's vectorised softmax, because a scalar exp per logit dominated the fused loop.
+// Deformable DETR's focal cost depends on the target's logit only, so it is computed in the loop for
+// the T targets (a table over all K classes of pow and log costs more than it saves).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -24,26 +28,23 @@ at::Tensor matching_cost_cpu(const at::Tensor& pred_logits, const at::Tensor& pr
   const at::Tensor &counts = in.counts, &out = in.out;
   const int64_t B = pred_logits.size(0), Q = pred_logits.size(1), K = pred_logits.size(2), T = tgt_labels.size(1);
   if (out.numel() == 0) return out;
+  // -softmax for DETR's cost; for the focal cost the loop reads the logits themselves
+  const at::Tensor class_table = focal ? logits : -at::softmax(logits, -1);
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "matching_cost_cpu", [&] {
     using T_ = scalar_t;
-    const T_* pl = logits.const_data_ptr<T_>();
     const T_* pb = boxes.const_data_ptr<T_>();
     const T_* ptb = tboxes.const_data_ptr<T_>();
     const int64_t* plab = labels.const_data_ptr<int64_t>();
     const int64_t* pn = counts.const_data_ptr<int64_t>();
     T_* po = out.mutable_data_ptr<T_>();
     const T_ wc = static_cast<T_>(cost_class), wb = static_cast<T_>(cost_bbox), wg = static_cast<T_>(cost_giou);
-    const T_ alpha = static_cast<T_>(focal_alpha), gamma = static_cast<T_>(focal_gamma);
     const T_ inf = std::numeric_limits<T_>::infinity(), nan = std::numeric_limits<T_>::quiet_NaN();
+    const T_ alpha = static_cast<T_>(focal_alpha), gamma = static_cast<T_>(focal_gamma);
+    const T_* pc = class_table.const_data_ptr<T_>();
     at::parallel_for(0, B * Q, std::max<int64_t>(1, 4096 / std::max<int64_t>(T, 1)), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t b = r / Q;
-        const T_* row = pl + r * K;
-        T_ mx = -inf, sum = T_(0);
-        if (!focal) {
-          for (int64_t k = 0; k < K; ++k) mx = std::max(mx, row[k]);
-          for (int64_t k = 0; k < K; ++k) sum += std::exp(row[k] - mx);
-        }
+        const T_* row = pc + r * K;
         const int64_t n = std::min(std::max<int64_t>(pn[b], 0), T);
         T_* o = po + r * T;
         for (int64_t t = 0; t < T; ++t) {
@@ -56,7 +57,7 @@ at::Tensor matching_cost_cpu(const at::Tensor& pred_logits, const at::Tensor& pr
             o[t] = nan;
             continue;
           }
-          const T_ class_term = focal ? focal_class_cost<T_>(row[label], alpha, gamma) : -(std::exp(row[label] - mx) / sum);
+          const T_ class_term = focal ? focal_class_cost<T_>(row[label], alpha, gamma) : row[label];
           o[t] = pair_cost<T_>(class_term, pb + r * 4, ptb + (b * T + t) * 4, wc, wb, wg);
         }
       }
