@@ -26,47 +26,49 @@ def _batch(B, Q, K):
     return outputs, targets, sizes
 
 
+def _impls(baseline):
+    """(role, impl, backend) rows: the baseline, then detr_ops on each available backend."""
+    rows = [("baseline", baseline, "")]
+    return rows + [("detr_ops", "detr_ops" if b == "native" else f"detr_ops-{b}", b) for b in detr_ops_backends()]
+
+
 def _case(B, Q, focal):
     return f"B={B} Q={Q} {'focal' if focal else 'softmax'}"
 
 
 @pytest.mark.parametrize("shape", shapes.MATCHER, ids=lambda s: f"B{s[0]}Q{s[1]}")
 @pytest.mark.parametrize("focal", FORMS)
-@pytest.mark.parametrize("impl", ["DETR cost", "detr_ops"] + [f"detr_ops-{b}" for b in detr_ops_backends()[1:]])
-def test_matching_cost(benchmark, shape, focal, impl):
+@pytest.mark.parametrize("role,impl,backend", _impls("DETR cost"), ids=lambda x: str(x))
+def test_matching_cost(benchmark, shape, focal, role, impl, backend):
     B, Q, K = shape
     outputs, targets, sizes = _batch(B, Q, K)
     weights = dict(WEIGHTS, focal=focal)
     padded = detr_ops.pad_targets(targets)
-    if impl == "DETR cost":
+    if role == "baseline":
         fn = lambda: detr_cost_matrix(outputs, targets, **weights)  # noqa: E731
-        role, backend = "baseline", ""
     else:
-        backend = impl.split("-")[1] if "-" in impl else "native"
         fn = lambda: detr_ops.matching_cost(outputs["pred_logits"], outputs["pred_boxes"], *padded, **weights,  # noqa: E731
                                             backend=backend)
-        role = "detr_ops"
         ours, full = fn(), detr_cost_matrix(outputs, targets, **weights)
-        for b, block in enumerate(c[b] for b, c in enumerate(full.split(sizes, -1))):
-            check_close(ours[b, :, : sizes[b]], block, rtol=1e-5, atol=1e-5, what=f"cost of image {b}")
+        for b, blocks in enumerate(full.split(sizes, -1)):
+            check_close(ours[b, :, : sizes[b]], blocks[b], rtol=1e-5, atol=1e-5, what=f"cost of image {b}")
     measure(benchmark, fn, op="matching_cost", case=_case(B, Q, focal), impl=impl, role=role, backend=backend,
             device=shapes.DEVICE)
 
 
 @pytest.mark.parametrize("shape", shapes.MATCHER, ids=lambda s: f"B{s[0]}Q{s[1]}")
 @pytest.mark.parametrize("focal", FORMS)
-@pytest.mark.parametrize("impl", ["DETR matcher", "detr_ops"] + [f"detr_ops-{b}" for b in detr_ops_backends()[1:]])
-def test_matcher(benchmark, shape, focal, impl):
+@pytest.mark.parametrize("role,impl,backend", _impls("DETR matcher"), ids=lambda x: str(x))
+def test_matcher(benchmark, shape, focal, role, impl, backend):
     B, Q, K = shape
     outputs, targets, _ = _batch(B, Q, K)
     weights = dict(WEIGHTS, focal=focal)
     reference = HungarianMatcherReference(**weights)
-    if impl == "DETR matcher":
-        fn, role, backend = (lambda: reference(outputs, targets)), "baseline", ""
+    if role == "baseline":
+        fn = lambda: reference(outputs, targets)  # noqa: E731
     else:
-        backend = impl.split("-")[1] if "-" in impl else "native"
         matcher = detr_ops.HungarianMatcher(**weights, backend=backend)
-        fn, role = (lambda: matcher(outputs, targets)), "detr_ops"
+        fn = lambda: matcher(outputs, targets)  # noqa: E731
         for (i, j), (ei, ej) in zip(fn(), reference(outputs, targets)):
             check_equal(i, ei, what="matched queries")
             check_equal(j, ej, what="matched targets")
