@@ -68,6 +68,13 @@ def _arch_list():
     return DEFAULT_ARCH_LIST, "default (no GPU visible)"
 
 
+def _openmp_flags():
+    """-fopenmp where torch's own intra-op threads are OpenMP (Linux wheels); none elsewhere."""
+    if torch.backends.openmp.is_available() and sys.platform.startswith("linux"):
+        return ["-fopenmp"]
+    return []
+
+
 def _extension():
     with_cuda, why = _want_cuda()
     debug = _flag("DEBUG")
@@ -79,6 +86,10 @@ def _extension():
     # -fno-trapping-math lets the compiler if-convert the branch-free box math and vectorise the
     # pair loops; no code reads floating-point exception flags, and no result changes.
     cxx = ["-O0", "-g"] if debug else ["-O3", "-DNDEBUG", "-fno-trapping-math"]
+    # at::parallel_for is an inline template whose threads are an `#pragma omp parallel`: without
+    # -fopenmp it compiles to a serial loop, and every CPU kernel runs on one thread.
+    openmp = _openmp_flags()
+    cxx += openmp
     define_macros = []
     extra = {"cxx": cxx}
     arch_list, arch_source = None, None
@@ -100,6 +111,7 @@ def _extension():
     if with_cuda:
         print("  CUDA_HOME       : %s" % cpp_extension.CUDA_HOME)
         print("  arch list       : %s (%s)" % (arch_list, arch_source))
+    print("  OpenMP          : %s" % ("yes" if openmp else "no (kernels run on one thread)"))
     print("  debug           : %s" % debug)
     print("  MAX_JOBS        : %s" % os.environ.get("MAX_JOBS", "torch default"))
     print("  sources         : %d files" % len(sources))
@@ -111,6 +123,7 @@ def _extension():
         include_dirs=[os.path.join(ROOT, "csrc")],
         define_macros=define_macros,
         extra_compile_args=extra,
+        extra_link_args=openmp,
         undef_macros=["NDEBUG"] if debug else [],
     )
 

@@ -4,6 +4,7 @@
 // TORCH_LIBRARY_FRAGMENT / TORCH_LIBRARY_IMPL in csrc/ops: that is how the torch.ops.detr_ops.*
 // operators come to exist. The module itself only exposes what is not a torch op: the numpy-facing
 // functions (see bindings/) and a description of what was compiled in.
+#include <ATen/Parallel.h>
 #include <torch/extension.h>
 #include <torch/version.h>
 
@@ -26,6 +27,13 @@ pybind11::dict build_info() {
   info["cuda"] = false;
   info["cuda_version"] = pybind11::none();
 #endif
+  // at::parallel_for only runs threads where ATen/Parallel.h defines INTRA_OP_PARALLEL: with an
+  // OpenMP torch, that needs this extension compiled with -fopenmp (setup.py adds it).
+#ifdef INTRA_OP_PARALLEL
+  info["parallel"] = true;
+#else
+  info["parallel"] = false;
+#endif
 #ifdef NDEBUG
   info["debug"] = false;
 #else
@@ -39,6 +47,6 @@ pybind11::dict build_info() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "detr_ops compiled core: torch operator registrations and numpy-facing functions";
   m.def("build_info", &build_info,
-        "What this build contains: torch version it was compiled against, CUDA or not.");
+        "What this build contains: torch version it was compiled against, CUDA or not, CPU threads or not.");
   detr_ops::bindings::register_all(m);
 }

@@ -54,7 +54,9 @@ def load():
 
 
 def build_info() -> dict:
-    """What was compiled in: ``{"torch_version", "cuda", "cuda_version", "debug", "cuda_kernels"}``.
+    """What was compiled in: ``{"torch_version", "cuda", "cuda_version", "parallel", "debug", "cuda_kernels"}``.
+
+    ``parallel`` is True when the CPU kernels run on torch's intra-op threads (``torch.get_num_threads()``).
 
     ``cuda_kernels`` is True when CUDA kernels are registered for the operators (a CUDA build),
     regardless of whether a GPU is present now.

@@ -13,9 +13,17 @@ from detr_ops import _extension
 def test_build_info_reports_the_build():
     info = detr_ops.build_info()
     assert info["torch_version"] == torch.__version__.split("+")[0]
-    assert set(info) >= {"torch_version", "cuda", "cuda_version", "debug", "cuda_kernels"}
+    assert set(info) >= {"torch_version", "cuda", "cuda_version", "debug", "cuda_kernels", "parallel"}
     assert info["cuda"] == (info["cuda_version"] is not None)
     assert info["cuda_kernels"] == info["cuda"]
+
+
+@pytest.mark.skipif(not (torch.backends.openmp.is_available() and sys.platform.startswith("linux")),
+                    reason="torch's CPU threads are not OpenMP here")
+def test_cpu_kernels_are_built_with_threads():
+    # Without -fopenmp, at::parallel_for compiles to a serial loop in the extension and every CPU
+    # kernel silently runs on one thread (the MSDA backward was 2x slower on 2 cores for it).
+    assert detr_ops.build_info()["parallel"] is True
 
 
 def test_every_operator_has_a_cpu_kernel():

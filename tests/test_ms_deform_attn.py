@@ -219,6 +219,40 @@ def test_cpu_backward_deterministic_across_thread_counts():
             assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("N,M", [(1, 1), (3, 2)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpu_backward_task_splits(N, M, threads):
+    # The CPU backward runs one task per (image, head), or per (image, head, level) when N*M < 2 *
+    # threads: both splits, on one and two threads, against the reference. D=32 is the fixed-width build.
+    inputs = make_inputs(N=N, Lq=6, M=M, D=32, P=3, levels=[(5, 7), (3, 2), (1, 1)])
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        check_against_reference(inputs, "native", torch.float64)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_unvalidated_overlapping_levels_sum_their_gradients():
+    # validate=False: two levels that read the same value rows (start index 0 twice) behave as two
+    # copies of those rows, whose value gradients add up.
+    value, shapes, starts, locations, weights = make_inputs(N=2, Lq=4, M=2, D=6, P=2, levels=[(3, 4), (3, 4)])
+    S = value.shape[1] // 2
+    shared = value[:, :S].contiguous()
+    overlapping = ms_deform_attn(shared, shapes, torch.tensor([0, 0]), locations, weights, validate=False)
+    torch.testing.assert_close(overlapping, ms_deform_attn(torch.cat([shared, shared], 1), shapes, starts, locations,
+                                                           weights))
+    grad_output = torch.randn_like(overlapping)
+    leaves = [t.detach().requires_grad_() for t in (shared, locations, weights)]
+    out = ms_deform_attn(leaves[0], shapes, torch.tensor([0, 0]), leaves[1], leaves[2], validate=False)
+    grads = torch.autograd.grad(out, leaves, grad_output)
+    _, copies = op_and_grads(torch.cat([shared, shared], 1), shapes, starts, locations, weights, grad_output,
+                             "native")
+    torch.testing.assert_close(grads[0], copies[0][:, :S] + copies[0][:, S:])
+    torch.testing.assert_close(grads[1], copies[1])
+    torch.testing.assert_close(grads[2], copies[2])
+
+
 @pytest.mark.parametrize("device,backend", [p for p in DEVICE_BACKENDS if p.id != "cpu-native"])
 def test_atomic_backward_refuses_deterministic_mode(device, backend):
     value, shapes, starts, locations, weights = make_inputs(N=1, Lq=2, device=device)

@@ -61,14 +61,14 @@ DETR_HD Bilinear<T> bilinear(T loc_x, T loc_y, int64_t H, int64_t W) {
   return b;
 }
 
-// Derivative of the sampled value w.r.t. the pixel coordinate, given dot[c] = <grad, value at
+// Derivative of the sampled value w.r.t. the pixel coordinate, given dot_c = <grad, value at
 // corner c> (0 for corners off the map). The normalised-location gradient is this times W (x) and
 // H (y), times the attention weight.
 template <typename T>
-DETR_HD void pixel_grad(const Bilinear<T>& b, const T dot[4], T& gx, T& gy) {
+DETR_HD void pixel_grad(const Bilinear<T>& b, T dot0, T dot1, T dot2, T dot3, T& gx, T& gy) {
   const T hx = T(1) - b.lx, hy = T(1) - b.ly;
-  gx = hy * (dot[1] - dot[0]) + b.ly * (dot[3] - dot[2]);
-  gy = hx * (dot[2] - dot[0]) + b.lx * (dot[3] - dot[1]);
+  gx = hy * (dot1 - dot0) + b.ly * (dot3 - dot2);
+  gy = hx * (dot2 - dot0) + b.lx * (dot3 - dot1);
 }
 
 // A level whose declared extent does not fit in value's S rows is skipped instead of read out of
