@@ -1,22 +1,23 @@
 // CPU kernel of detr_ops::batched_linear_sum_assignment (schema in ops/linear_sum_assignment.cpp).
 //
-// Problems are independent, so the batch is spread over threads with at::parallel_for (largest
-// first, from a shared counter); each thread keeps one Solver (ops/common/lsa_solver.h) whose buffers serve all its problems. A
+// Problems are independent, so the batch is spread over threads with cpu::parallel_tasks, largest
+// first: DETR batches mix empty images with busy ones, and each thread takes the next problem when
+// it is done with one. Each thread keeps one Solver (ops/common/lsa_solver.h) whose buffers serve
+// all its problems. A
 // problem's valid block is read through the input's strides and converted to float64 while it is
 // copied into the solver (transposed when tall), so no contiguous or float64 copy of the whole
 // batch is made.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
 #include <tuple>
 #include <vector>
 
 #include "ops/common/lsa_checks.h"
 #include "ops/common/lsa_solver.h"
+#include "ops/cpu/parallel_tasks.h"
 
 namespace detr_ops::lsa {
 namespace {
@@ -40,8 +41,7 @@ std::tuple<at::Tensor, at::Tensor> batched_linear_sum_assignment_cpu(const at::T
   int32_t* st = status.mutable_data_ptr<int32_t>();
   const int64_t s0 = cost.stride(0), s1 = cost.stride(1), s2 = cost.stride(2);
 
-  // Largest problems first, handed out one at a time from a shared counter: DETR batches mix
-  // empty images with busy ones, and a static split of the batch would leave threads idle.
+  // Largest problems first, so that the last ones handed out are the short ones.
   std::vector<int64_t> order(B);
   std::vector<double> work(B);
   for (int64_t b = 0; b < B; ++b) {
@@ -50,30 +50,25 @@ std::tuple<at::Tensor, at::Tensor> batched_linear_sum_assignment_cpu(const at::T
     order[b] = b;
   }
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return work[a] > work[b]; });
-  std::atomic<int64_t> next{0};
-  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(B, at::get_num_threads()));
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, cost.scalar_type(), "batched_linear_sum_assignment_cpu",
                                   [&] {
     const scalar_t* base = cost.const_data_ptr<scalar_t>();
-    at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
-      Solver<double> solver;
-      for (int64_t k = next.fetch_add(1); k < B; k = next.fetch_add(1)) {
-        const int64_t b = order[k];
-        const int64_t nr = size_or(num_rows, b, R), nc = size_or(num_cols, b, C);
-        if (nr < 0 || nr > R || nc < 0 || nc > C) {
-          st[b] = kBadSize;
-          continue;
-        }
-        if (nr == 0 || nc == 0) continue;
-        const scalar_t* p = base + b * s0;
-        Status s = solver.load(nr, nc, maximize, [p, s1, s2](int64_t i, int64_t j) {
-          return static_cast<double>(p[i * s1 + j * s2]);
-        });
-        if (s == kOk) s = solver.solve_loaded();
-        if (s == kOk) solver.col_for_row(out + b * R);
-        st[b] = s;
+    cpu::parallel_tasks<Solver<double>>(B, [&](int64_t k, Solver<double>& solver) {
+      const int64_t b = order[k];
+      const int64_t nr = size_or(num_rows, b, R), nc = size_or(num_cols, b, C);
+      if (nr < 0 || nr > R || nc < 0 || nc > C) {
+        st[b] = kBadSize;
+        return;
       }
+      if (nr == 0 || nc == 0) return;
+      const scalar_t* p = base + b * s0;
+      Status s = solver.load(nr, nc, maximize, [p, s1, s2](int64_t i, int64_t j) {
+        return static_cast<double>(p[i * s1 + j * s2]);
+      });
+      if (s == kOk) s = solver.solve_loaded();
+      if (s == kOk) solver.col_for_row(out + b * R);
+      st[b] = s;
     });
   });
   return {col_for_row, status};

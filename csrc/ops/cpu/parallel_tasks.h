@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <memory>
 
 namespace detr_ops::cpu {
 
@@ -38,5 +39,23 @@ void parallel_tasks(int64_t num_tasks, const F& f) {
     }
   });
 }
+
+// A per-thread scratch array that only grows, and is not zero-filled (std::vector's resize would
+// write every new element once more before the kernel overwrites it).
+template <typename T>
+class ScratchArray {
+ public:
+  T* get(int64_t n) {
+    if (n > size_) {
+      data_.reset(new T[n]);  // default-initialised: no writes for arithmetic T
+      size_ = n;
+    }
+    return data_.get();
+  }
+
+ private:
+  std::unique_ptr<T[]> data_;
+  int64_t size_ = 0;
+};
 
 }  // namespace detr_ops::cpu
