@@ -44,11 +44,17 @@ std::tuple<at::Tensor, at::Tensor> batched_linear_sum_assignment_cpu(const at::T
   // Largest problems first, so that the last ones handed out are the short ones.
   std::vector<int64_t> order(B);
   std::vector<double> work(B);
+  double total_work = 0;
   for (int64_t b = 0; b < B; ++b) {
     const double nr = static_cast<double>(size_or(num_rows, b, R)), nc = static_cast<double>(size_or(num_cols, b, C));
     work[b] = nr * nc * std::min(nr, nc);  // rows of the working problem x scan length x path length
+    total_work += std::max(0.0, work[b]);
     order[b] = b;
   }
+  // Threads only for a few microseconds of solving or more. Measured on 2 cores: 16 images of 100
+  // queries against COCO-like target counts (about 1.6e5 here) solve in 26 us on 2 threads and 33 us
+  // on one; a batch of tiny problems (a small model's 16 queries x 2 targets) is not worth a wake-up.
+  const bool parallel = total_work >= 2e4;
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return work[a] > work[b]; });
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, cost.scalar_type(), "batched_linear_sum_assignment_cpu",
@@ -69,7 +75,7 @@ std::tuple<at::Tensor, at::Tensor> batched_linear_sum_assignment_cpu(const at::T
       if (s == kOk) s = solver.solve_loaded();
       if (s == kOk) solver.col_for_row(out + b * R);
       st[b] = s;
-    });
+    }, parallel);
   });
   return {col_for_row, status};
 }

@@ -19,13 +19,14 @@
 
 namespace detr_ops::cpu {
 
-// Calls f(task, state) for every task in [0, num_tasks), in parallel. Each thread default-constructs
-// one State and passes it to all of its tasks (scratch buffers that are then allocated once).
+// Calls f(task, state) for every task in [0, num_tasks), in parallel unless `parallel` is false
+// (work too small to pay for waking threads). Each thread default-constructs one State and passes
+// it to all of its tasks (scratch buffers that are then allocated once).
 template <typename State, typename F>
-void parallel_tasks(int64_t num_tasks, const F& f) {
+void parallel_tasks(int64_t num_tasks, const F& f, bool parallel = true) {
   if (num_tasks <= 0) return;
   const int64_t threads = std::min<int64_t>(num_tasks, at::get_num_threads());
-  if (threads <= 1 || at::in_parallel_region()) {
+  if (!parallel || threads <= 1 || at::in_parallel_region()) {
     State state{};
     for (int64_t task = 0; task < num_tasks; ++task) f(task, state);
     return;
