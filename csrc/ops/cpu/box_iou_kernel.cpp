@@ -16,6 +16,7 @@
 
 #include "ops/common/box_checks.h"
 #include "ops/common/box_iou.h"
+#include "ops/cpu/box_io.h"
 #include "ops/cpu/cpu_isa.h"
 
 namespace detr_ops::box {
@@ -31,20 +32,6 @@ void unpack_corners(const scalar_t* p, int64_t n, bool cxcywh, acc_t* out) {
     out[2 * n + j] = c.x1;
     out[3 * n + j] = c.y1;
   }
-}
-
-template <typename scalar_t>
-Box<at::opmath_type<scalar_t>> load_box(const scalar_t* p, bool cxcywh) {
-  using acc_t = at::opmath_type<scalar_t>;
-  return make_box<acc_t>(p[0], p[1], p[2], p[3], cxcywh);
-}
-
-template <typename scalar_t>
-void store_box(scalar_t* p, const Box<at::opmath_type<scalar_t>>& g) {
-  p[0] = narrow<scalar_t>(g.x0);
-  p[1] = narrow<scalar_t>(g.y0);
-  p[2] = narrow<scalar_t>(g.x1);
-  p[3] = narrow<scalar_t>(g.y1);
 }
 
 // The pair loops. Each is a straight loop over the corner arrays of boxes2 with no reduction in it,
@@ -255,70 +242,11 @@ std::tuple<at::Tensor, at::Tensor> pairwise_iou_backward_cpu(const at::Tensor& g
   return {grad1.view(boxes1.sizes()), grad2.view(boxes2.sizes())};
 }
 
-at::ScalarType loss_dtype(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-at::Tensor giou_loss_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::string_view box_format,
-                         double eps) {
-  check_elementwise(boxes1, boxes2);
-  const bool cxcywh = parse_box_format(box_format);
-  const at::Tensor b1 = boxes1.contiguous(), b2 = boxes2.contiguous();
-  const int64_t K = b1.numel() / 4;
-  at::Tensor out = at::empty(boxes1.sizes().slice(0, boxes1.dim() - 1), b1.options().dtype(loss_dtype(b1.scalar_type())));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "giou_loss_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* p1 = b1.const_data_ptr<scalar_t>();
-    const scalar_t* p2 = b2.const_data_ptr<scalar_t>();
-    acc_t* po = out.mutable_data_ptr<acc_t>();
-    at::parallel_for(0, K, 8192, [&](int64_t begin, int64_t end) {
-      for (int64_t k = begin; k < end; ++k) {
-        po[k] = acc_t(1) - iou_value<acc_t>(load_box(p1 + 4 * k, cxcywh), load_box(p2 + 4 * k, cxcywh),
-                                            static_cast<acc_t>(eps), true);
-      }
-    });
-  });
-  return out;
-}
-
-std::tuple<at::Tensor, at::Tensor> giou_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& boxes1,
-                                                          const at::Tensor& boxes2, c10::string_view box_format,
-                                                          double eps) {
-  check_elementwise(boxes1, boxes2);
-  check_grad(grad, boxes1.sizes().slice(0, boxes1.dim() - 1), boxes1);
-  const bool cxcywh = parse_box_format(box_format);
-  const at::Tensor b1 = boxes1.contiguous(), b2 = boxes2.contiguous();
-  const at::Tensor g = grad.to(loss_dtype(b1.scalar_type())).contiguous();
-  at::Tensor grad1 = at::empty_like(b1), grad2 = at::empty_like(b2);
-  const int64_t K = b1.numel() / 4;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "giou_loss_backward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* p1 = b1.const_data_ptr<scalar_t>();
-    const scalar_t* p2 = b2.const_data_ptr<scalar_t>();
-    const acc_t* pg = g.const_data_ptr<acc_t>();
-    scalar_t* pg1 = grad1.mutable_data_ptr<scalar_t>();
-    scalar_t* pg2 = grad2.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, K, 8192, [&](int64_t begin, int64_t end) {
-      for (int64_t k = begin; k < end; ++k) {
-        Box<acc_t> ga{0, 0, 0, 0}, gb{0, 0, 0, 0};
-        // loss = 1 - giou
-        iou_grad<acc_t>(load_box(p1 + 4 * k, cxcywh), load_box(p2 + 4 * k, cxcywh), static_cast<acc_t>(eps), true,
-                        -pg[k], ga, gb);
-        store_box(pg1 + 4 * k, corner_grad_to_format(ga, cxcywh));
-        store_box(pg2 + 4 * k, corner_grad_to_format(gb, cxcywh));
-      }
-    });
-  });
-  return {grad1, grad2};
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(detr_ops, CPU, m) {
   m.impl("pairwise_iou", &pairwise_iou_cpu);
   m.impl("pairwise_iou_backward", &pairwise_iou_backward_cpu);
-  m.impl("giou_loss", &giou_loss_cpu);
-  m.impl("giou_loss_backward", &giou_loss_backward_cpu);
 }
 
 }  // namespace detr_ops::box
