@@ -124,7 +124,6 @@ DETR_CPU_CLONES void backward_task(const Sizes& s, const Levels& lv, const scala
   for (int64_t r = 0; r < rows; ++r) {
     const scalar_t* src = pv + (row0 + r * s.M) * D;
     acc_t* dst = buf + r * D2;
-
     // One loop for both halves: a separate zero loop becomes a `rep stos` per row, whose start-up
     // cost is that of the whole row.
     for (int64_t d = 0; d < D; ++d) {
@@ -172,7 +171,6 @@ DETR_CPU_CLONES void backward_task(const Sizes& s, const Levels& lv, const scala
   for (int64_t r = 0; r < rows; ++r) {
     scalar_t* dst = pgv + (row0 + r * s.M) * D;
     const acc_t* src = buf + r * D2 + D;
-
     for (int64_t d = 0; d < D; ++d) dst[d] = static_cast<scalar_t>(src[d]);
   }
 }
