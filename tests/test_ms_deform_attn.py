@@ -219,12 +219,15 @@ def test_cpu_backward_deterministic_across_thread_counts():
             assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("Lq,P", [(9, 3), (2, 2)], ids=["buffered", "largest-level-in-place"])
 @pytest.mark.parametrize("N,M", [(1, 1), (3, 2)])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_cpu_backward_task_splits(N, M, threads):
+def test_cpu_backward_task_splits(N, M, threads, Lq, P):
     # The CPU backward runs one task per (image, head), or per (image, head, level) when N*M < 2 *
-    # threads: both splits, on one and two threads, against the reference. D=32 is the fixed-width build.
-    inputs = make_inputs(N=N, Lq=6, M=M, D=32, P=3, levels=[(5, 7), (3, 2), (1, 1)])
+    # threads: both splits, on one and two threads, against the reference. D=32 is the fixed-width
+    # build. With Lq*P*4 = 16 corner samples, the 9x11 level (fewer samples than pixels) is summed
+    # into grad_value in place and the small levels in the buffer; with 108, all levels are buffered.
+    inputs = make_inputs(N=N, Lq=Lq, M=M, D=32, P=P, levels=[(9, 11), (3, 2), (1, 1)])
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
