@@ -20,6 +20,7 @@
 // intersection does.
 #pragma once
 
+#include <ATen/OpMathType.h>
 #include <c10/util/Half.h>
 
 #include <type_traits>
@@ -169,6 +170,23 @@ DETR_HD scalar_t narrow(T x) {
   } else {
     return static_cast<scalar_t>(x);
   }
+}
+
+// One stored [4]-number box -> corners in the accumulation type (float for half and bfloat16), and
+// corner-format gradients -> the stored type; shared by the CPU and CUDA box kernels.
+template <typename scalar_t>
+DETR_HD Box<at::opmath_type<scalar_t>> load_box(const scalar_t* p, bool cxcywh) {
+  using acc_t = at::opmath_type<scalar_t>;
+  return make_box<acc_t>(static_cast<acc_t>(p[0]), static_cast<acc_t>(p[1]), static_cast<acc_t>(p[2]),
+                         static_cast<acc_t>(p[3]), cxcywh);
+}
+
+template <typename scalar_t, typename acc_t>
+DETR_HD void store_box(scalar_t* p, const Box<acc_t>& g) {
+  p[0] = narrow<scalar_t>(g.x0);
+  p[1] = narrow<scalar_t>(g.y0);
+  p[2] = narrow<scalar_t>(g.x1);
+  p[3] = narrow<scalar_t>(g.y1);
 }
 
 }  // namespace detr_ops::box

@@ -16,7 +16,6 @@
 
 #include "ops/common/box_checks.h"
 #include "ops/common/box_iou.h"
-#include "ops/cpu/box_io.h"
 #include "ops/cpu/cpu_isa.h"
 
 namespace detr_ops::box {

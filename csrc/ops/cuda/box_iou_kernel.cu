@@ -23,21 +23,6 @@ constexpr int kThreads = 128;    // threads along M in the pairwise kernels
 constexpr int kRows = 8;         // rows per thread in the pairwise forward
 constexpr int kWarpsPerBlock = 8;
 
-template <typename scalar_t>
-__device__ __forceinline__ Box<at::opmath_type<scalar_t>> load_box(const scalar_t* p, bool cxcywh) {
-  using acc_t = at::opmath_type<scalar_t>;
-  return make_box<acc_t>(static_cast<acc_t>(p[0]), static_cast<acc_t>(p[1]), static_cast<acc_t>(p[2]),
-                         static_cast<acc_t>(p[3]), cxcywh);
-}
-
-template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ void store_box(scalar_t* p, const Box<acc_t>& g) {
-  p[0] = narrow<scalar_t>(g.x0);
-  p[1] = narrow<scalar_t>(g.y0);
-  p[2] = narrow<scalar_t>(g.x1);
-  p[3] = narrow<scalar_t>(g.y1);
-}
-
 // grid: x over ceil(M / kThreads), y over row groups of kRows (grid-stride), z over B.
 template <typename scalar_t>
 __global__ void pairwise_iou_kernel(const scalar_t* __restrict__ boxes1, const scalar_t* __restrict__ boxes2,
