@@ -160,15 +160,24 @@ def test_kernel_reports_bad_size_status():
     (lambda: (torch.rand(3, 3),), r"cost must be a \[B, R, C\] tensor"),
     (lambda: (np.zeros((1, 2, 2)),), "cost must be a torch.Tensor"),
     (lambda: (torch.zeros(1, 2, 2, dtype=torch.int64),), "cost must be float16, bfloat16, float32 or float64"),
-    (lambda: (torch.rand(2, 3, 3), torch.tensor([1.0, 2.0])), "num_rows must be an int64 tensor"),
-    (lambda: (torch.rand(2, 3, 3), torch.tensor([1, 2], dtype=torch.int32)), "num_rows must be an int64 tensor"),
+    (lambda: (torch.rand(2, 3, 3), torch.tensor([1.0, 2.0])), "num_rows must be an integer tensor"),
+    (lambda: (torch.rand(2, 3, 3), torch.tensor([True, False])), "num_rows must be an integer tensor"),
     (lambda: (torch.rand(2, 3, 3), None, torch.tensor([1, 2, 3])), r"num_cols must have shape \[B\] = \[2\]"),
-    (lambda: (torch.rand(2, 3, 3), None, [0.5, 1.0]), "num_cols must hold integers"),
+    (lambda: (torch.rand(2, 3, 3), None, [0.5, 1.0]), "num_cols must be an integer tensor"),
     (lambda: (torch.rand(2, 3, 3), torch.tensor([1, 2], device="meta")), "must be on the same device"),
 ])
 def test_bad_inputs(make_args, message):
     with pytest.raises((ValueError, TypeError), match=message):
         detr_ops.batched_linear_sum_assignment(*make_args())
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
+def test_integer_sizes_of_any_dtype_are_accepted(dtype):
+    """One coercion policy for index tensors: any integer dtype, converted to int64 (as lists are)."""
+    cost = torch.rand(2, 3, 4)
+    expected, _ = detr_ops.batched_linear_sum_assignment(cost, num_cols=[2, 4])
+    got, _ = detr_ops.batched_linear_sum_assignment(cost, num_cols=torch.tensor([2, 4], dtype=dtype))
+    assert torch.equal(got, expected)
 
 
 def test_bad_backend():
@@ -180,7 +189,7 @@ def test_bad_backend():
 def test_opcheck(device, backend):
     op = torch.ops.detr_ops.batched_linear_sum_assignment
     if backend == "triton":
-        import detr_ops.triton.linear_sum_assignment as _  # noqa: F401  (registers the *_triton ops)
+        from detr_ops import _triton_twins  # noqa: F401  (defines the *_triton ops)
         op = torch.ops.detr_ops.batched_linear_sum_assignment_triton
     cost = torch.rand(3, 5, 4, device=device)
     sizes = torch.tensor([5, 0, 2], device=device)

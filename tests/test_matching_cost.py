@@ -56,7 +56,7 @@ def test_out_of_range_label_gives_nan_column_on_the_op(device, backend):
     labels[0, 1] = 99
     op = torch.ops.detr_ops.matching_cost_triton if backend == "triton" else torch.ops.detr_ops.matching_cost
     if backend == "triton":
-        import detr_ops.triton.matching_cost as _  # noqa: F401  (registers the *_triton ops)
+        from detr_ops import _triton_twins  # noqa: F401  (defines the *_triton ops)
     cost = op(outputs["pred_logits"], outputs["pred_boxes"], labels, boxes, num, 1.0, 1.0, 1.0, False, 0.25, 2.0)
     assert torch.isnan(cost[0, :, 1]).all() and torch.isfinite(cost[0, :, 0]).all()
 
@@ -82,7 +82,9 @@ def test_pad_targets_shapes_and_empty_batch():
 BAD = [
     pytest.param(dict(pred_logits=torch.randn(2, 3)), "pred_logits must be", id="logits-ndim"),
     pytest.param(dict(pred_boxes=torch.rand(2, 4, 3)), "pred_boxes must be", id="boxes-shape"),
-    pytest.param(dict(tgt_labels=torch.zeros(2, 2, dtype=torch.int32)), "int64", id="labels-dtype"),
+    pytest.param(dict(tgt_labels=torch.zeros(2, 2)), "tgt_labels must be an integer tensor", id="labels-dtype"),
+    pytest.param(dict(pred_logits=torch.zeros(2, 4, 5, dtype=torch.int64)), "pred_logits must be a floating",
+                 id="logits-dtype"),
     pytest.param(dict(num_targets=torch.zeros(3, dtype=torch.long)), "num_targets must be", id="num-shape"),
     pytest.param(dict(tgt_boxes=torch.rand(2, 2, 4, device="meta")), "same device", id="device"),
 ]
@@ -98,12 +100,21 @@ def test_bad_inputs(override, message):
         detr_ops.matching_cost(**args)
 
 
+def test_int32_labels_and_counts_are_accepted():
+    """One coercion policy for index tensors: any integer dtype, converted to int64."""
+    outputs, targets = make_batch()
+    labels, boxes, num = detr_ops.pad_targets(targets)
+    expected = detr_ops.matching_cost(outputs["pred_logits"], outputs["pred_boxes"], labels, boxes, num)
+    got = detr_ops.matching_cost(outputs["pred_logits"], outputs["pred_boxes"], labels.int(), boxes, num.int())
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
 @device_backend_param
 def test_opcheck(device, backend):
     outputs, targets = make_batch(device=device)
     labels, boxes, num = detr_ops.pad_targets(targets)
     if backend == "triton":
-        import detr_ops.triton.matching_cost as _  # noqa: F401  (registers the *_triton ops)
+        from detr_ops import _triton_twins  # noqa: F401  (defines the *_triton ops)
     op = torch.ops.detr_ops.matching_cost_triton if backend == "triton" else torch.ops.detr_ops.matching_cost
     for focal in (False, True):
         torch.library.opcheck(op, (outputs["pred_logits"], outputs["pred_boxes"], labels, boxes, num, 1.0, 5.0, 2.0,

@@ -144,8 +144,8 @@ def _bad_inputs():
     cases = {
         "value rank": (dict(value=value[0]), ValueError, r"value must be \[N, S, M, D\]"),
         "value not a tensor": (dict(value=value.tolist()), TypeError, "value must be a torch.Tensor"),
-        "value integer": (dict(value=value.long()), TypeError, "value must be a floating tensor"),
-        "float spatial shapes": (dict(value_spatial_shapes=shapes.float()), TypeError,
+        "value integer": (dict(value=value.long()), ValueError, "value must be a floating tensor"),
+        "float spatial shapes": (dict(value_spatial_shapes=shapes.float()), ValueError,
                                  "value_spatial_shapes must be an integer tensor"),
         "spatial shapes rank": (dict(value_spatial_shapes=shapes.flatten()), ValueError,
                                 r"value_spatial_shapes must be \[L, 2\]"),
@@ -156,7 +156,7 @@ def _bad_inputs():
                         r"value_level_start_index must be the start of each level"),
         "start index length": (dict(value_level_start_index=starts[:2]), ValueError,
                                r"value_level_start_index must be \[L\] = \[3\]"),
-        "float start index": (dict(value_level_start_index=starts.double()), TypeError,
+        "float start index": (dict(value_level_start_index=starts.double()), ValueError,
                               "value_level_start_index must be an integer tensor"),
         "locations batch": (dict(sampling_locations=locations[:1]), ValueError,
                             r"sampling_locations must be \[N, Lq, M, L, P, 2\] = \[2, Lq, 2, 3, P, 2\]"),
@@ -164,7 +164,7 @@ def _bad_inputs():
         "locations last dim": (dict(sampling_locations=locations[..., :1]), ValueError, "sampling_locations must be"),
         "weights shape": (dict(attention_weights=weights[..., :2]), ValueError,
                           r"attention_weights must be \[N, Lq, M, L, P\] = \[2, 5, 2, 3, 3\]"),
-        "weights integer": (dict(attention_weights=weights.long()), TypeError,
+        "weights integer": (dict(attention_weights=weights.long()), ValueError,
                             "attention_weights must be a floating tensor"),
         "mixed devices": (dict(sampling_locations=locations.to("meta")), ValueError,
                           "value and sampling_locations must be on the same device"),
@@ -281,7 +281,7 @@ def _opcheck_args(device):
 def test_opcheck(device, backend):
     forward_args, backward_args = _opcheck_args(device)
     if backend == "triton":
-        import detr_ops.triton.ms_deform_attn as _  # noqa: F401  (registers the *_triton ops)
+        from detr_ops import _triton_twins  # noqa: F401  (defines the *_triton ops)
     suffix = "_triton" if backend == "triton" else ""
     forward = getattr(torch.ops.detr_ops, f"ms_deform_attn{suffix}")
     backward = getattr(torch.ops.detr_ops, f"ms_deform_attn_backward{suffix}")

@@ -14,11 +14,11 @@ Hungarian matcher      ``detr_ops.HungarianMatcher``    DETR's cost matrix + sci
 
 The reference path needs no compiled extension, so it is also what users without a build run.
 """
-import torch
 
 from detr_ops.nn.ms_deform_attn import MSDeformAttn
+from detr_ops.ops.box_convert import box_cxcywh_to_xyxy
 from detr_ops.reference.box_iou import generalized_box_iou_loss_reference
-from detr_ops.reference.matcher import HungarianMatcherReference
+from detr_ops.reference.hungarian_matcher import HungarianMatcherReference
 from detr_ops.reference.ms_deform_attn import ms_deform_attn_pytorch
 
 OPS = ("detr_ops", "reference")
@@ -41,11 +41,6 @@ def msda_class(ops: str):
     return MSDeformAttn if check(ops) == "detr_ops" else MSDeformAttnReference
 
 
-def _cxcywh_to_xyxy(b):
-    cx, cy, w, h = b.unbind(-1)
-    return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], -1)
-
-
 def giou_loss(ops: str):
     """``fn(src_boxes, target_boxes) -> [N]`` per-pair ``1 - GIoU`` of cxcywh boxes."""
     if check(ops) == "detr_ops":
@@ -53,13 +48,13 @@ def giou_loss(ops: str):
         from detr_ops.ops.box_iou import generalized_box_iou_loss
 
         return lambda src, tgt: generalized_box_iou_loss(src, tgt, reduction="none", box_format="cxcywh")
-    return lambda src, tgt: generalized_box_iou_loss_reference(_cxcywh_to_xyxy(src), _cxcywh_to_xyxy(tgt))
+    return lambda src, tgt: generalized_box_iou_loss_reference(box_cxcywh_to_xyxy(src), box_cxcywh_to_xyxy(tgt))
 
 
 def matcher(ops: str, **kwargs):
     """A matcher with DETR's interface: ``forward(outputs, targets) -> [(index_i, index_j)]``."""
     if check(ops) == "detr_ops":
-        from detr_ops.nn.matcher import HungarianMatcher
+        from detr_ops.nn.hungarian_matcher import HungarianMatcher
 
         return HungarianMatcher(**kwargs)
     return HungarianMatcherReference(**kwargs)

@@ -1,5 +1,5 @@
 """Neural-network modules built on detr_ops operators (drop-ins for the originals' modules)."""
-from detr_ops.nn.matcher import HungarianMatcher
+from detr_ops.nn.hungarian_matcher import HungarianMatcher
 from detr_ops.nn.ms_deform_attn import MSDeformAttn
 
 __all__ = ["HungarianMatcher", "MSDeformAttn"]

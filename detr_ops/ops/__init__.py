@@ -1,2 +1,2 @@
-"""Public operator functions. Each module checks inputs at the boundary, registers the fake kernel
-and autograd of its torch ops (when the compiled extension is available) and picks the backend."""
+"""Public operator functions: input checks at the boundary, backend choice, and the call of the
+registered op. (Fake kernels, autograd and the Triton twins: ``detr_ops/_registrations.py``.)"""

@@ -27,8 +27,7 @@ REDUCTIONS = ("none", "mean", "sum")
 
 def _boxes(x, name: str) -> torch.Tensor:
     x = _checks.tensor(x, name)
-    if x.dtype == torch.bool or x.is_complex():
-        raise ValueError(f"{name} must hold real box coordinates, got dtype {x.dtype}")
+    _checks.real(x, name, "real box coordinates")
     if x.dim() < 1 or x.shape[-1] != 4:
         raise ValueError(f"{name} must have shape [..., 4] (one box per row), got {tuple(x.shape)}")
     if not x.is_floating_point():
@@ -55,7 +54,7 @@ def _pairwise(boxes1, boxes2, box_format, generalized, backend):
         raise ValueError(f"boxes1 and boxes2 must have the same batch size, got {boxes1.shape[0]} and {boxes2.shape[0]}")
     _extension.load()
     if _backend.resolve(backend, boxes1.device) == "triton":
-        import detr_ops.triton.box_iou as _  # noqa: F401  (registers the *_triton ops)
+        from detr_ops import _triton_twins  # noqa: F401  (defines the *_triton ops on first use)
         return torch.ops.detr_ops.pairwise_iou_triton(boxes1, boxes2, box_format, generalized)
     return torch.ops.detr_ops.pairwise_iou(boxes1, boxes2, box_format, generalized)
 
@@ -84,7 +83,7 @@ def generalized_box_iou_loss(
         raise ValueError(f"boxes1 and boxes2 must have the same shape, got {tuple(boxes1.shape)} and {tuple(boxes2.shape)}")
     _extension.load()
     if _backend.resolve(backend, boxes1.device) == "triton":
-        import detr_ops.triton.box_iou as _  # noqa: F401  (registers the *_triton ops)
+        from detr_ops import _triton_twins  # noqa: F401  (defines the *_triton ops on first use)
         loss = torch.ops.detr_ops.giou_loss_triton(boxes1, boxes2, box_format, float(eps))
     else:
         loss = torch.ops.detr_ops.giou_loss(boxes1, boxes2, box_format, float(eps))
@@ -108,78 +107,3 @@ def box_validity(boxes, box_format: str = "xyxy") -> torch.Tensor:
     else:
         ok = (boxes[..., 2] >= boxes[..., 0]) & (boxes[..., 3] >= boxes[..., 1])
     return ok & torch.isfinite(boxes).all(dim=-1)
-
-
-def box_cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
-    """(cx, cy, w, h) -> (x0, y0, x1, y1), as DETR's ``box_ops``."""
-    cx, cy, w, h = boxes.unbind(-1)
-    return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
-
-
-def box_xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
-    """(x0, y0, x1, y1) -> (cx, cy, w, h), as DETR's ``box_ops``."""
-    x0, y0, x1, y1 = boxes.unbind(-1)
-    return torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dim=-1)
-
-
-# ---- fake kernels and autograd (shared by the native ops and their Triton twins) -----------------
-
-
-def _loss_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _pairwise_shape(boxes1, boxes2):
-    return boxes1.shape[:-1] + boxes2.shape[-2:-1]
-
-
-def _fake_pairwise(boxes1, boxes2, box_format, generalized):
-    return boxes1.new_empty(_pairwise_shape(boxes1, boxes2))
-
-
-def _fake_loss(boxes1, boxes2, box_format, eps):
-    return boxes1.new_empty(boxes1.shape[:-1], dtype=_loss_dtype(boxes1.dtype))
-
-
-def _fake_backward(grad, boxes1, boxes2, box_format, extra):
-    return torch.empty_like(boxes1), torch.empty_like(boxes2)
-
-
-def register(suffix: str = "", fake: bool = True) -> None:
-    """Fake kernels and autograd for detr_ops::pairwise_iou{suffix} and giou_loss{suffix}.
-
-    ``fake=False`` for the Triton ops: ``triton_op`` already traces their Python body as the fake.
-    """
-    ns = "detr_ops::"
-    pairwise, pairwise_bw = f"{ns}pairwise_iou{suffix}", f"{ns}pairwise_iou_backward{suffix}"
-    loss, loss_bw = f"{ns}giou_loss{suffix}", f"{ns}giou_loss_backward{suffix}"
-
-    if fake:
-        torch.library.register_fake(pairwise, _fake_pairwise)
-        torch.library.register_fake(pairwise_bw, _fake_backward)
-        torch.library.register_fake(loss, _fake_loss)
-        torch.library.register_fake(loss_bw, _fake_backward)
-
-    backward_pairwise = getattr(torch.ops.detr_ops, pairwise_bw[len(ns):])
-    backward_loss = getattr(torch.ops.detr_ops, loss_bw[len(ns):])
-
-    def setup_context(ctx, inputs, output):
-        boxes1, boxes2, ctx.box_format, ctx.extra = inputs
-        ctx.save_for_backward(boxes1, boxes2)
-
-    def pairwise_backward(ctx, grad):
-        boxes1, boxes2 = ctx.saved_tensors
-        g1, g2 = backward_pairwise(grad, boxes1, boxes2, ctx.box_format, ctx.extra)
-        return g1, g2, None, None
-
-    def loss_backward(ctx, grad):
-        boxes1, boxes2 = ctx.saved_tensors
-        g1, g2 = backward_loss(grad, boxes1, boxes2, ctx.box_format, ctx.extra)
-        return g1, g2, None, None
-
-    torch.library.register_autograd(pairwise, pairwise_backward, setup_context=setup_context)
-    torch.library.register_autograd(loss, loss_backward, setup_context=setup_context)
-
-
-if _extension.available():
-    register()

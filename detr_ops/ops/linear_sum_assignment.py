@@ -16,6 +16,7 @@ from typing import Optional, Tuple
 import torch
 
 from detr_ops import _backend, _extension
+from detr_ops._dtypes import FLOAT_DTYPES
 from detr_ops.ops import _checks
 
 # Status codes of the batched op (csrc/ops/common/lsa_common.h), and scipy's message for each.
@@ -25,7 +26,6 @@ MESSAGES = {
     INFEASIBLE: "cost matrix is infeasible",
     BAD_SIZE: "num_rows / num_cols outside [0, R] / [0, C]",
 }
-COST_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _linear_sum_assignment_unavailable(cost_matrix, maximize=False):
@@ -41,16 +41,13 @@ linear_sum_assignment = (
 
 
 def _sizes(sizes, name: str, cost: torch.Tensor, limit: int) -> Optional[torch.Tensor]:
-    """Validates num_rows / num_cols: None, or int64 [B] on cost's device (lists are converted)."""
+    """Validates num_rows / num_cols: None, or int64 [B] on cost's device (lists and any integer
+    tensor are converted)."""
     if sizes is None:
         return None
     if not isinstance(sizes, torch.Tensor):
         sizes = torch.as_tensor(sizes, device=cost.device)
-        if sizes.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-            raise ValueError(f"{name} must hold integers, got {sizes.dtype}")
-        sizes = sizes.to(torch.int64)
-    if sizes.dtype != torch.int64:
-        raise ValueError(f"{name} must be an int64 tensor, got {sizes.dtype}")
+    sizes = _checks.index_tensor(sizes, name)
     if sizes.shape != (cost.shape[0],):
         raise ValueError(f"{name} must have shape [B] = [{cost.shape[0]}], got {tuple(sizes.shape)}")
     _checks.same_device("cost", cost, name, sizes)
@@ -96,7 +93,7 @@ def batched_linear_sum_assignment(
     cost = _checks.tensor(cost, "cost")
     if cost.dim() != 3:
         raise ValueError(f"cost must be a [B, R, C] tensor, got shape {tuple(cost.shape)}")
-    if cost.dtype not in COST_DTYPES:
+    if cost.dtype not in FLOAT_DTYPES:
         raise ValueError(f"cost must be float16, bfloat16, float32 or float64, got {cost.dtype}")
     num_rows = _sizes(num_rows, "num_rows", cost, cost.shape[1])
     num_cols = _sizes(num_cols, "num_cols", cost, cost.shape[2])
@@ -107,9 +104,7 @@ def batched_linear_sum_assignment(
         )
     _extension.load()
     if _backend.resolve(backend, cost.device) == "triton":
-        # A plain import (not importlib, which torch.compile refuses to trace) registers the op.
-        import detr_ops.triton.linear_sum_assignment as _  # noqa: F401  (registers the *_triton ops)
-
+        from detr_ops import _triton_twins  # noqa: F401  (defines the *_triton ops on first use)
         op = torch.ops.detr_ops.batched_linear_sum_assignment_triton
     else:
         op = torch.ops.detr_ops.batched_linear_sum_assignment
@@ -140,18 +135,3 @@ def row_for_col(col_for_row: torch.Tensor, num_cols: int) -> torch.Tensor:
     target = torch.where(col_for_row >= 0, col_for_row, num_cols + rows)
     out = torch.full((B, num_cols + R), -1, dtype=torch.int64, device=col_for_row.device)
     return out.scatter_(1, target, rows)[:, :num_cols]
-
-
-def register(suffix: str = "") -> None:
-    """Fake kernel of detr_ops::batched_linear_sum_assignment{suffix} (shared with the Triton twin)."""
-
-    @torch.library.register_fake(f"detr_ops::batched_linear_sum_assignment{suffix}")
-    def _(cost, num_rows, num_cols, maximize):
-        return (
-            cost.new_empty(cost.shape[:2], dtype=torch.int64),
-            cost.new_empty(cost.shape[:1], dtype=torch.int32),
-        )
-
-
-if _extension.available():
-    register()

@@ -44,9 +44,13 @@ def matching_cost(pred_logits, pred_boxes, tgt_labels, tgt_boxes, num_targets, c
     DETR's focal cost. Columns ``t >= num_targets[b]`` are +inf; a label outside ``[0, K)`` gives a
     NaN column (on CPU it raises here, where checking is free).
     """
-    for name, t in (("pred_logits", pred_logits), ("pred_boxes", pred_boxes), ("tgt_labels", tgt_labels),
-                    ("tgt_boxes", tgt_boxes), ("num_targets", num_targets)):
-        _checks.tensor(t, name)
+    pred_logits = _checks.floating(pred_logits, "pred_logits")
+    pred_boxes = _checks.floating(pred_boxes, "pred_boxes")
+    tgt_boxes = _checks.floating(tgt_boxes, "tgt_boxes")
+    tgt_labels = _checks.index_tensor(tgt_labels, "tgt_labels")
+    num_targets = _checks.index_tensor(num_targets, "num_targets")
+    for name, t in (("pred_boxes", pred_boxes), ("tgt_labels", tgt_labels), ("tgt_boxes", tgt_boxes),
+                    ("num_targets", num_targets)):
         _checks.same_device("pred_logits", pred_logits, name, t)
     if pred_logits.dim() != 3:
         raise ValueError(f"pred_logits must be [B, Q, K], got {tuple(pred_logits.shape)}")
@@ -57,8 +61,6 @@ def matching_cost(pred_logits, pred_boxes, tgt_labels, tgt_boxes, num_targets, c
     for name, t, shape in expected:
         if tuple(t.shape) != shape:
             raise ValueError(f"{name} must be {list(shape)} (B, Q, T from pred_logits and tgt_labels), got {tuple(t.shape)}")
-    if tgt_labels.dtype != torch.int64 or num_targets.dtype != torch.int64:
-        raise ValueError(f"tgt_labels and num_targets must be int64, got {tgt_labels.dtype} and {num_targets.dtype}")
     if pred_logits.device.type == "cpu" and not torch.compiler.is_compiling() and tgt_labels.numel():
         k = pred_logits.shape[-1]
         valid = torch.arange(tgt_labels.shape[1]) < num_targets.clamp(min=0)[:, None]
@@ -69,19 +71,6 @@ def matching_cost(pred_logits, pred_boxes, tgt_labels, tgt_boxes, num_targets, c
     args = (pred_logits.detach(), pred_boxes.detach(), tgt_labels, tgt_boxes.detach(), num_targets, float(cost_class),
             float(cost_bbox), float(cost_giou), bool(focal), float(focal_alpha), float(focal_gamma))
     if _backend.resolve(backend, pred_logits.device) == "triton":
-        import detr_ops.triton.matching_cost as _  # noqa: F401  (registers the *_triton ops)
+        from detr_ops import _triton_twins  # noqa: F401  (defines the *_triton ops on first use)
         return torch.ops.detr_ops.matching_cost_triton(*args)
     return torch.ops.detr_ops.matching_cost(*args)
-
-
-def _fake(pred_logits, pred_boxes, tgt_labels, tgt_boxes, num_targets, *weights):
-    dtype = torch.float64 if pred_logits.dtype == torch.float64 else torch.float32
-    return pred_logits.new_empty((pred_logits.shape[0], pred_logits.shape[1], tgt_labels.shape[1]), dtype=dtype)
-
-
-def register(suffix: str = "") -> None:
-    torch.library.register_fake(f"detr_ops::matching_cost{suffix}", _fake)
-
-
-if _extension.available():
-    register()

@@ -15,28 +15,10 @@ attention_weights, im2col_step=64)`` is a drop-in for Deformable DETR's
 
 Value, locations and attention weights of different floating dtypes are promoted to a common one.
 """
-import warnings
-
 import torch
 
 from detr_ops import _backend, _extension
 from detr_ops.ops import _checks
-
-OP = "detr_ops::ms_deform_attn"
-
-
-def _index_tensor(x, name: str) -> torch.Tensor:
-    x = _checks.tensor(x, name)
-    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
-        raise TypeError(f"{name} must be an integer tensor (int64), got dtype {x.dtype}")
-    return x.long()
-
-
-def _float_tensor(x, name: str) -> torch.Tensor:
-    x = _checks.tensor(x, name)
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating tensor, got dtype {x.dtype}")
-    return x
 
 
 def _check_shapes(value, shapes, starts, locations, weights) -> None:
@@ -78,11 +60,11 @@ def _check_levels(value, shapes, starts) -> None:
 
 
 def _prepare(value, value_spatial_shapes, value_level_start_index, sampling_locations, attention_weights, validate):
-    value = _float_tensor(value, "value")
-    locations = _float_tensor(sampling_locations, "sampling_locations")
-    weights = _float_tensor(attention_weights, "attention_weights")
-    shapes = _index_tensor(value_spatial_shapes, "value_spatial_shapes")
-    starts = _index_tensor(value_level_start_index, "value_level_start_index")
+    value = _checks.floating(value, "value")
+    locations = _checks.floating(sampling_locations, "sampling_locations")
+    weights = _checks.floating(attention_weights, "attention_weights")
+    shapes = _checks.index_tensor(value_spatial_shapes, "value_spatial_shapes")
+    starts = _checks.index_tensor(value_level_start_index, "value_level_start_index")
     for name, t in (("value_spatial_shapes", shapes), ("value_level_start_index", starts),
                     ("sampling_locations", locations), ("attention_weights", weights)):
         _checks.same_device("value", value, name, t)
@@ -110,24 +92,9 @@ def ms_deform_attn(value, value_spatial_shapes, value_level_start_index, samplin
     )
     _extension.load()
     if _backend.resolve(backend, value.device) == "triton":
-        import detr_ops.triton.ms_deform_attn as _  # noqa: F401  (registers the *_triton ops)
+        from detr_ops import _triton_twins  # noqa: F401  (defines the *_triton ops on first use)
         return torch.ops.detr_ops.ms_deform_attn_triton(value, shapes, starts, locations, weights)
     return torch.ops.detr_ops.ms_deform_attn(value, shapes, starts, locations, weights)
-
-
-def _check_deterministic(device: torch.device, op: str, atomic: bool) -> None:
-    """The CPU backward is deterministic; the CUDA and Triton ones add into grad_value with atomics."""
-    if not atomic or not torch.are_deterministic_algorithms_enabled():
-        return
-    message = (
-        f"{op}_backward on {device.type} accumulates grad_value with atomicAdd and is not deterministic; "
-        "it cannot run under torch.use_deterministic_algorithms(True). Run the native op on CPU, or use "
-        "torch.use_deterministic_algorithms(True, warn_only=True) to accept it."
-    )
-    if torch.is_deterministic_algorithms_warn_only_enabled():
-        warnings.warn(message)
-        return
-    raise RuntimeError(message)
 
 
 class MSDeformAttnFunction(torch.autograd.Function):
@@ -149,50 +116,7 @@ class MSDeformAttnFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
         value, shapes, starts, locations, weights = ctx.saved_tensors
-        _check_deterministic(value.device, OP, atomic=value.device.type != "cpu")
         grad_value, grad_locations, grad_weights = torch.ops.detr_ops.ms_deform_attn_backward(
             grad_output, value, shapes, starts, locations, weights
         )
         return grad_value, None, None, grad_locations, grad_weights, None
-
-
-# ---- fake kernels and autograd (shared by the native op and its Triton twin) ----------------------
-
-
-def _output_shape(value, sampling_locations):
-    N, _, M, D = value.shape
-    return (N, sampling_locations.shape[1], M * D)
-
-
-def register_fakes(suffix: str = "") -> None:
-    """Fake kernels of detr_ops::ms_deform_attn{suffix} and its backward (contiguous outputs)."""
-
-    @torch.library.register_fake(f"{OP}{suffix}")
-    def _(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
-        return value.new_empty(_output_shape(value, sampling_locations))
-
-    @torch.library.register_fake(f"{OP}_backward{suffix}")
-    def _(grad_output, value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
-        return (value.new_empty(value.shape), sampling_locations.new_empty(sampling_locations.shape),
-                attention_weights.new_empty(attention_weights.shape))
-
-
-def register_autograd(suffix: str = "") -> None:
-    """Autograd of detr_ops::ms_deform_attn{suffix}: its backward op, for value, locations, weights."""
-    backward_op = getattr(torch.ops.detr_ops, f"ms_deform_attn_backward{suffix}")
-
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
-
-    def backward(ctx, grad_output):
-        value, shapes, starts, locations, weights = ctx.saved_tensors
-        _check_deterministic(value.device, f"{OP}{suffix}", atomic=bool(suffix) or value.device.type != "cpu")
-        grad_value, grad_locations, grad_weights = backward_op(grad_output, value, shapes, starts, locations, weights)
-        return grad_value, None, None, grad_locations, grad_weights
-
-    torch.library.register_autograd(f"{OP}{suffix}", backward, setup_context=setup_context)
-
-
-if _extension.available():
-    register_fakes()
-    register_autograd()

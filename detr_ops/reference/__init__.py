@@ -6,5 +6,5 @@ from detr_ops.reference.box_iou import (
     generalized_box_iou_reference,
 )
 from detr_ops.reference.ms_deform_attn import ms_deform_attn_pytorch
-from detr_ops.reference.matcher import HungarianMatcherReference, detr_cost_matrix
+from detr_ops.reference.hungarian_matcher import HungarianMatcherReference, detr_cost_matrix
 from detr_ops.reference.linear_sum_assignment import batched_linear_sum_assignment_reference

@@ -1,4 +1,5 @@
-"""Triton twin of detr_ops::batched_linear_sum_assignment: ``detr_ops::batched_linear_sum_assignment_triton``.
+"""Triton kernel and launcher of the batched assignment; ``detr_ops/_registrations.py`` defines it as
+``torch.ops.detr_ops.batched_linear_sum_assignment_triton``, the twin of the native op.
 
 One program per problem runs the same float64 shortest-augmenting-path algorithm as the C++ and
 CUDA kernels (see csrc/ops/common/lsa_solver.h for the scipy rules it reproduces): each step scans
@@ -16,8 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from detr_ops import _backend
-from detr_ops.ops import linear_sum_assignment as _lsa
+from detr_ops.triton._launch import launch
 
 BLOCK = 128
 
@@ -196,17 +196,7 @@ def _lsa_kernel(
     tl.store(status_ptr + b, status)
 
 
-# On a GPU the op is a triton_op, so torch.compile sees the kernel (wrap_triton). Under the
-# interpreter it must be opaque instead (custom_op, direct launch): tracing a triton_op runs its
-# body on fake or functional tensors, and the interpreter needs real data pointers.
-if _backend.interpreting():
-    _define, _wrap = torch.library.custom_op, lambda kernel: kernel
-else:
-    _define, _wrap = torch.library.triton_op, torch.library.wrap_triton
-
-
-@_define("detr_ops::batched_linear_sum_assignment_triton", mutates_args=())
-def batched_linear_sum_assignment_triton(
+def batched_linear_sum_assignment(
     cost: torch.Tensor, num_rows: Optional[torch.Tensor], num_cols: Optional[torch.Tensor], maximize: bool
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     B, R, C = cost.shape
@@ -219,14 +209,9 @@ def batched_linear_sum_assignment_triton(
     wi = torch.empty(B * 6 * L, dtype=torch.int64, device=cost.device)
     rows = num_rows.contiguous() if num_rows is not None else cost
     cols = num_cols.contiguous() if num_cols is not None else cost
-    _wrap(_lsa_kernel)[(B,)](
+    launch(_lsa_kernel)[(B,)](
         cost, cost.stride(0), cost.stride(1), cost.stride(2), R, C,
         rows, cols, wd, wi, L, col_for_row, status,
         HAS_ROWS=num_rows is not None, HAS_COLS=num_cols is not None, MAXIMIZE=bool(maximize), BLOCK=BLOCK,
     )
     return col_for_row, status
-
-
-
-# The native op's fake kernel: custom_op needs one, and for triton_op it spares tracing the launch.
-_lsa.register("_triton")

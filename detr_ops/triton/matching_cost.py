@@ -1,4 +1,5 @@
-"""Triton kernel of the fused DETR matching cost, registered as ``detr_ops::matching_cost_triton``.
+"""Triton kernel and launcher of the fused DETR matching cost; ``detr_ops/_registrations.py`` defines
+it as ``torch.ops.detr_ops.matching_cost_triton``.
 
 One program per block of BLOCK_Q queries of one image and BLOCK_T of its targets: the block's
 logits rows are loaded once for the softmax statistics, then the target labels' logits gathered.
@@ -7,10 +8,10 @@ Same formulas and operation order as csrc/ops/common/matching_cost.h.
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
 
-from detr_ops.ops import matching_cost as _ops
-from detr_ops.triton.box_iou import _iou
+from detr_ops._dtypes import acc_dtype
+from detr_ops.triton._launch import launch
+from detr_ops.triton.box_math import cxcywh_to_corners, iou
 
 _BLOCK_Q = 16
 _BLOCK_T = 32
@@ -57,20 +58,20 @@ def _matching_cost_kernel(logits_ptr, boxes_ptr, labels_ptr, tboxes_ptr, counts_
     th = tl.load(tboxes_ptr + tidx * 4 + 3, mask=tmask, other=0.0)
     l1 = (tl.abs(pcx[:, None] - tcx[None, :]) + tl.abs(pcy[:, None] - tcy[None, :]) + tl.abs(pw[:, None] - tw[None, :])
           + tl.abs(ph[:, None] - th[None, :]))
-    giou = _iou((pcx - 0.5 * pw)[:, None], (pcy - 0.5 * ph)[:, None], (pcx + 0.5 * pw)[:, None], (pcy + 0.5 * ph)[:, None],
-                (tcx - 0.5 * tw)[None, :], (tcy - 0.5 * th)[None, :], (tcx + 0.5 * tw)[None, :], (tcy + 0.5 * th)[None, :],
-                0.0, True)
+    px0, py0, px1, py1 = cxcywh_to_corners(pcx, pcy, pw, ph)
+    tx0, ty0, tx1, ty1 = cxcywh_to_corners(tcx, tcy, tw, th)
+    giou = iou(px0[:, None], py0[:, None], px1[:, None], py1[:, None],
+               tx0[None, :], ty0[None, :], tx1[None, :], ty1[None, :], 0.0, True)
     cost = wb * l1 + wc * class_term + wg * -giou
     cost = tl.where(label_ok[None, :], cost, float("nan"))
     cost = tl.where(ts[None, :] < n, cost, float("inf"))
     tl.store(out_ptr + rows[:, None] * T + ts[None, :], cost, mask=both)
 
 
-@triton_op("detr_ops::matching_cost_triton", mutates_args=())
-def matching_cost_triton(pred_logits: torch.Tensor, pred_boxes: torch.Tensor, tgt_labels: torch.Tensor,
-                         tgt_boxes: torch.Tensor, num_targets: torch.Tensor, cost_class: float, cost_bbox: float,
-                         cost_giou: float, focal: bool, focal_alpha: float, focal_gamma: float) -> torch.Tensor:
-    acc = torch.float64 if pred_logits.dtype == torch.float64 else torch.float32
+def matching_cost(pred_logits: torch.Tensor, pred_boxes: torch.Tensor, tgt_labels: torch.Tensor, tgt_boxes: torch.Tensor,
+                  num_targets: torch.Tensor, cost_class: float, cost_bbox: float, cost_giou: float, focal: bool,
+                  focal_alpha: float, focal_gamma: float) -> torch.Tensor:
+    acc = acc_dtype(pred_logits.dtype)
     logits = pred_logits.to(acc).contiguous()
     boxes = pred_boxes.to(acc).contiguous()
     tboxes = tgt_boxes.to(acc).contiguous()
@@ -79,11 +80,9 @@ def matching_cost_triton(pred_logits: torch.Tensor, pred_boxes: torch.Tensor, tg
     out = logits.new_empty((B, Q, T))
     if out.numel() > 0:
         grid = (triton.cdiv(Q, _BLOCK_Q), triton.cdiv(T, _BLOCK_T), B)
-        wrap_triton(_matching_cost_kernel)[grid](
+        launch(_matching_cost_kernel)[grid](
             logits, boxes, tgt_labels.contiguous(), tboxes, num_targets.contiguous(), out, Q, K, T,
             cost_class, cost_bbox, cost_giou, focal_alpha, focal_gamma, FOCAL=focal, BLOCK_Q=_BLOCK_Q,
             BLOCK_T=_BLOCK_T, BLOCK_K=triton.next_power_of_2(K))
     return out
 
-
-_ops.register("_triton")

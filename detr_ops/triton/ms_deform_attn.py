@@ -1,5 +1,5 @@
-"""Triton kernels of multi-scale deformable attention, registered as
-``torch.ops.detr_ops.ms_deform_attn_triton`` and ``ms_deform_attn_backward_triton``.
+"""Triton kernels and launchers of multi-scale deformable attention; ``detr_ops/_registrations.py``
+defines them as ``torch.ops.detr_ops.ms_deform_attn_triton`` and ``ms_deform_attn_backward_triton``.
 
 One program handles a block of BLOCK_Q (batch, query) rows of one head, with all D channels of
 that head as the second tile axis: the corner indices and bilinear weights of each sampling point
@@ -7,11 +7,6 @@ are computed once per row as [BLOCK_Q] vectors and broadcast over the D channels
 [BLOCK_Q, BLOCK_D] gathers. The sampling rule is the one of ``csrc/ops/common/ms_deform_attn.h``
 (grid_sample, bilinear, zeros padding, align_corners=False): pixel = x * W - 0.5, corners off the
 map masked out, points outside [-1, W) x [-1, H) (NaN and inf included) masked out entirely.
-
-The ops are ``torch.library.custom_op``s that launch the kernels directly, with the native op's
-fake kernels and autograd. ``torch.library.triton_op`` + ``wrap_triton`` (which would let Inductor
-see inside) does not survive ``opcheck``'s functionalised tracing under ``TRITON_INTERPRET=1``:
-the interpreter runs the kernel on the traced tensors. So the ops stay opaque to ``torch.compile``.
 
 Everything is computed in the dtype of the accumulation buffer the launcher passes (float32, or
 float64 for float64 input) and rounded to the input dtype once at the end. The backward adds into
@@ -22,7 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
-from detr_ops.ops import ms_deform_attn as _msda_ops
+from detr_ops._dtypes import acc_dtype
+from detr_ops.triton._launch import launch
 
 # Rows per program: the [BLOCK_Q, BLOCK_D] tiles are kept near 4096 elements for any head dim.
 _TILE_ELEMENTS = 4096
@@ -59,6 +55,20 @@ def _corners(loc_ptr, k, mask_q, H, W, ok, acc_ptr):
 
 
 @triton.jit
+def _corner(c: tl.constexpr, fx, fy, pix, W, c00, c10, c01, c11):
+    """Corner c of a point (0: (x0, y0), 1: (x0 + 1, y0), 2: (x0, y0 + 1), 3: (x0 + 1, y0 + 1)): whether it
+    is on the map, its bilinear weight w, dw/dx, dw/dy, and its pixel offset within the level."""
+    if c == 0:
+        return c00, (1.0 - fx) * (1.0 - fy), -(1.0 - fy), -(1.0 - fx), pix
+    elif c == 1:
+        return c10, fx * (1.0 - fy), 1.0 - fy, -fx, pix + 1
+    elif c == 2:
+        return c01, (1.0 - fx) * fy, -fy, 1.0 - fx, pix + W
+    else:
+        return c11, fx * fy, fy, fx, pix + W + 1
+
+
+@triton.jit
 def _forward_kernel(value_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_ptr, out_ptr, NLq, S, M, D, Lq, L, P,
                     BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr):
     acc_ty = out_ptr.dtype.element_ty
@@ -81,22 +91,7 @@ def _forward_kernel(value_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_ptr, out_pt
             a = tl.load(attn_ptr + k, mask=inside, other=0.0).to(acc_ty)
             pix = y0 * W + x0
             for c in tl.static_range(4):
-                if c == 0:
-                    valid = c00
-                    w = (1.0 - fx) * (1.0 - fy)
-                    off = pix
-                elif c == 1:
-                    valid = c10
-                    w = fx * (1.0 - fy)
-                    off = pix + 1
-                elif c == 2:
-                    valid = c01
-                    w = (1.0 - fx) * fy
-                    off = pix + W
-                else:
-                    valid = c11
-                    w = fx * fy
-                    off = pix + W + 1
+                valid, w, _, _, off = _corner(c, fx, fy, pix, W, c00, c10, c01, c11)
                 rows = (row_base + tl.where(valid, off, 0) * M) * D
                 v = tl.load(value_ptr + rows[:, None] + d[None, :], mask=valid[:, None] & mask_d[None, :], other=0.0)
                 acc += (a * tl.where(valid, w, 0.0))[:, None] * v.to(acc_ty)
@@ -131,31 +126,7 @@ def _backward_kernel(grad_ptr, value_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_
             g_x = tl.zeros([BLOCK_Q], dtype=acc_ty)
             g_y = tl.zeros([BLOCK_Q], dtype=acc_ty)
             for c in tl.static_range(4):
-                # weight w, and its derivatives dw/dx, dw/dy, of corner c
-                if c == 0:
-                    valid = c00
-                    w = (1.0 - fx) * (1.0 - fy)
-                    dwx = -(1.0 - fy)
-                    dwy = -(1.0 - fx)
-                    off = pix
-                elif c == 1:
-                    valid = c10
-                    w = fx * (1.0 - fy)
-                    dwx = 1.0 - fy
-                    dwy = -fx
-                    off = pix + 1
-                elif c == 2:
-                    valid = c01
-                    w = (1.0 - fx) * fy
-                    dwx = -fy
-                    dwy = 1.0 - fx
-                    off = pix + W
-                else:
-                    valid = c11
-                    w = fx * fy
-                    dwx = fy
-                    dwy = fx
-                    off = pix + W + 1
+                valid, w, dwx, dwy, off = _corner(c, fx, fy, pix, W, c00, c10, c01, c11)
                 rows = (row_base + tl.where(valid, off, 0) * M) * D
                 ptrs = rows[:, None] + d[None, :]
                 mask = valid[:, None] & mask_d[None, :]
@@ -171,25 +142,20 @@ def _backward_kernel(grad_ptr, value_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_
             tl.store(grad_loc_ptr + 2 * k + 1, (a * g_y * H.to(acc_ty)).to(out_ty), mask=mask_q)
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _blocks(D: int):
     block_d = triton.next_power_of_2(max(D, 1))
     return max(1, min(32, _TILE_ELEMENTS // block_d)), block_d
 
 
-@torch.library.custom_op("detr_ops::ms_deform_attn_triton", mutates_args=())
-def ms_deform_attn_triton(value: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
-                          sampling_locations: torch.Tensor, attention_weights: torch.Tensor) -> torch.Tensor:
+def ms_deform_attn(value: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
+                   sampling_locations: torch.Tensor, attention_weights: torch.Tensor) -> torch.Tensor:
     N, S, M, D = value.shape
     _, Lq, _, L, P, _ = sampling_locations.shape
-    out = torch.zeros((N, Lq, M * D), dtype=_acc_dtype(value.dtype), device=value.device)
+    out = torch.zeros((N, Lq, M * D), dtype=acc_dtype(value.dtype), device=value.device)
     if N * Lq * M * D > 0 and L * P > 0:
         block_q, block_d = _blocks(D)
         grid = (triton.cdiv(N * Lq, block_q), M)
-        _forward_kernel[grid](
+        launch(_forward_kernel)[grid](
             value.contiguous(), spatial_shapes.contiguous(), level_start_index.contiguous(),
             sampling_locations.contiguous(), attention_weights.contiguous(), out, N * Lq, S, M, D, Lq, L, P,
             BLOCK_Q=block_q, BLOCK_D=block_d,
@@ -197,25 +163,20 @@ def ms_deform_attn_triton(value: torch.Tensor, spatial_shapes: torch.Tensor, lev
     return out.to(value.dtype)
 
 
-@torch.library.custom_op("detr_ops::ms_deform_attn_backward_triton", mutates_args=())
-def ms_deform_attn_backward_triton(grad_output: torch.Tensor, value: torch.Tensor, spatial_shapes: torch.Tensor,
-                                   level_start_index: torch.Tensor, sampling_locations: torch.Tensor,
-                                   attention_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def ms_deform_attn_backward(grad_output: torch.Tensor, value: torch.Tensor, spatial_shapes: torch.Tensor,
+                            level_start_index: torch.Tensor, sampling_locations: torch.Tensor,
+                            attention_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     N, S, M, D = value.shape
     _, Lq, _, L, P, _ = sampling_locations.shape
-    grad_value = torch.zeros(value.shape, dtype=_acc_dtype(value.dtype), device=value.device)
+    grad_value = torch.zeros(value.shape, dtype=acc_dtype(value.dtype), device=value.device)
     grad_loc = torch.zeros(sampling_locations.shape, dtype=value.dtype, device=value.device)
     grad_attn = torch.zeros(attention_weights.shape, dtype=value.dtype, device=value.device)
     if N * Lq * M * D > 0 and L * P > 0:
         block_q, block_d = _blocks(D)
         grid = (triton.cdiv(N * Lq, block_q), M)
-        _backward_kernel[grid](
+        launch(_backward_kernel)[grid](
             grad_output.to(value.dtype).contiguous(), value.contiguous(), spatial_shapes.contiguous(),
             level_start_index.contiguous(), sampling_locations.contiguous(), attention_weights.contiguous(),
             grad_value, grad_loc, grad_attn, N * Lq, S, M, D, Lq, L, P, BLOCK_Q=block_q, BLOCK_D=block_d,
         )
     return grad_value.to(value.dtype), grad_loc, grad_attn
-
-
-_msda_ops.register_fakes("_triton")
-_msda_ops.register_autograd("_triton")

@@ -7,12 +7,8 @@ import scipy.optimize
 import torch
 from torch import nn
 
+from detr_ops.ops.box_convert import box_cxcywh_to_xyxy
 from detr_ops.reference.box_iou import generalized_box_iou_reference
-
-
-def _cxcywh_to_xyxy(b):
-    cx, cy, w, h = b.unbind(-1)
-    return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
 
 
 def detr_cost_matrix(outputs, targets, cost_class=1.0, cost_bbox=1.0, cost_giou=1.0, focal=False, focal_alpha=0.25,
@@ -31,7 +27,7 @@ def detr_cost_matrix(outputs, targets, cost_class=1.0, cost_bbox=1.0, cost_giou=
     else:
         class_cost = -logits.softmax(-1)[:, tgt_ids]
     l1_cost = torch.cdist(out_bbox, tgt_bbox, p=1)
-    giou_cost = -generalized_box_iou_reference(_cxcywh_to_xyxy(out_bbox), _cxcywh_to_xyxy(tgt_bbox))
+    giou_cost = -generalized_box_iou_reference(box_cxcywh_to_xyxy(out_bbox), box_cxcywh_to_xyxy(tgt_bbox))
     cost = cost_bbox * l1_cost + cost_class * class_cost + cost_giou * giou_cost
     return cost.view(bs, num_queries, -1)
 
