@@ -215,6 +215,21 @@ def _plan() -> Iterator[Tuple[str, Callable[[], object]]]:
                        _deterministic(d, ms_deform_attn.ms_deform_attn_backward, g, v, s, st, lo, a))
 
 
+def without_extension():
+    """Keeps ``detr_ops._C`` from loading: the tool needs only the Triton kernels, and the CUDA torch
+    2.11 environment runs it too, where the tree's ``_C`` (built for another torch) must not be loaded."""
+    import importlib.abc
+
+    class _Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "detr_ops._C":
+                raise ImportError("detr_ops._C is not needed to compile the Triton kernels")
+            return None
+
+    if "detr_ops" not in sys.modules:
+        sys.meta_path.insert(0, _Block())
+
+
 def _deterministic(enabled: bool, fn, *args):
     """Calls fn under torch.use_deterministic_algorithms(enabled): a launcher may pick another kernel."""
     import torch
@@ -458,6 +473,7 @@ def compile_all(specs: List[Spec], targets, jobs: int, cache_dir: Optional[str])
 
 def _init_worker():
     sys.path.insert(0, str(REPO))
+    without_extension()
     import warnings
 
     warnings.filterwarnings("ignore", message="TRITON_DEFAULT_FP_FUSION")
@@ -595,6 +611,7 @@ def main(argv=None) -> int:
     import triton
 
     warnings.filterwarnings("ignore", message="TRITON_DEFAULT_FP_FUSION")
+    without_extension()
     start = time.monotonic()
     launches = record()
     missing = uncovered(launches)
