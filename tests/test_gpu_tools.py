@@ -230,6 +230,23 @@ def test_recorder_rejects_a_grid_beyond_cuda_limits():
     assert len(recorder.launches) == 1
 
 
+def test_known_failures_match_kernel_tokens_and_version_and_turn_obsolete(monkeypatch):
+    from scripts import triton_aot
+
+    monkeypatch.setattr(triton_aot, "KNOWN_FAILURES", {("_k", ("%16:D", "BLOCK_Q=32"), "3.6."): "bug"})
+    assert triton_aot.known_failure("_k", "fp32/i64 BLOCK_Q=32 BLOCK_D=32 %16:D", "3.6.0") == "bug"
+    assert triton_aot.known_failure("_k", "fp32/i64 BLOCK_Q=32 BLOCK_D=32 %16:D", "3.9.0") == ""
+    assert triton_aot.known_failure("_k", "fp32/i64 BLOCK_Q=16 BLOCK_D=256 %16:D", "3.6.0") == ""
+    assert triton_aot.known_failure("_other", "BLOCK_Q=32 %16:D", "3.6.0") == ""
+
+    def result(ok, why):
+        return triton_aot.Result("m", "_k", "label", "v", 90, ok=ok, known_failure=why)
+
+    failed, known, obsolete = triton_aot.summarise([result(False, ""), result(False, "a"), result(True, "a"),
+                                                    result(True, "b")])
+    assert len(failed) == 1 and [r.known_failure for r in known] == ["a"] and obsolete == ["b"]
+
+
 @needs_real_triton
 def test_one_kernel_compiles_for_sm90_with_its_resources(tmp_path):
     """A real compile (the elementwise GIoU loss, float32): registers and warps come back, no spills."""
