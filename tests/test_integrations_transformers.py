@@ -195,6 +195,23 @@ def test_matcher_keeps_transformers_nan_and_inf_policy(kind, monkeypatch):
     _compare(kind, outputs, targets, monkeypatch)
 
 
+def test_matcher_of_a_version_without_the_nan_policy_raises_like_scipy():
+    """A transformers matcher that hands NaN costs to scipy (no nan_to_num in its forward) gets
+    scipy's ValueError from the fused path too."""
+    def forward_without_nan_policy(matcher, outputs, targets):
+        raise AssertionError("the fused path handles this call")
+
+    current = vars(type(MATCHERS["detr"]()))["forward"]
+    assert _hf_matchers.replaces_nonfinite(current)
+    assert not _hf_matchers.replaces_nonfinite(forward_without_nan_policy)
+    forward = _hf_matchers.Adapters().detr(forward_without_nan_policy)
+    outputs, targets = _problem()
+    _same_indices(forward(MATCHERS["detr"](), outputs, targets), current(MATCHERS["detr"](), outputs, targets))
+    outputs["logits"][2, 1] = float("nan")
+    with pytest.raises(ValueError, match="invalid numeric entries"):
+        forward(MATCHERS["detr"](), outputs, targets)
+
+
 @pytest.mark.parametrize("kind", sorted(MATCHERS))
 def test_matcher_ties_and_more_targets_than_queries(kind, monkeypatch):
     outputs, targets = _problem(B=2, Q=6, sizes=(9, 4))

@@ -17,6 +17,8 @@ is NaN there, detr_ops' finite),
 labels outside ``[0, num_classes)`` (it raises ``IndexError``), a device without detr_ops kernels, and LW-DETR groups that do not divide the
 queries.
 """
+import inspect
+
 import torch
 
 from detr_ops.ops.linear_sum_assignment import batched_linear_sum_assignment, raise_for_status
@@ -75,16 +77,27 @@ def _inputs(outputs, targets):
     return logits, boxes, padded
 
 
-def _match(logits, boxes, padded, weights, focal, alpha, gamma, groups, backend):
+def replaces_nonfinite(original) -> bool:
+    """Whether a transformers matcher ``forward`` replaces NaN/inf costs (``torch.nan_to_num``, as
+    the pinned version does) or, like older versions, hands them to scipy, which raises."""
+    try:
+        return "nan_to_num" in inspect.getsource(original)
+    except (OSError, TypeError):
+        return True
+
+
+def _match(logits, boxes, padded, weights, focal, alpha, gamma, groups, backend, replace_nonfinite=True):
     """The fused matcher: cost, transformers' NaN/inf replacement, batched solve, index lists."""
     labels, tgt_boxes, num = padded
     class_w, bbox_w, giou_w = weights
     cost = matching_cost(logits, boxes, labels, tgt_boxes, num, class_w, bbox_w, giou_w, focal, alpha, gamma,
                          backend=backend)
-    # transformers: nan_to_num(cost, nan=max, posinf=max, neginf=max) on its float dtype. The
-    # padding columns (+inf) become max as well; the solver never reads them (num_cols).
-    big = torch.finfo(cost.dtype).max
-    cost = torch.nan_to_num(cost, nan=big, posinf=big, neginf=big)
+    if replace_nonfinite:
+        # transformers: nan_to_num(cost, nan=max, posinf=max, neginf=max) on its float dtype. The
+        # padding columns (+inf) become max as well; the solver never reads them (num_cols).
+        big = torch.finfo(cost.dtype).max
+        cost = torch.nan_to_num(cost, nan=big, posinf=big, neginf=big)
+    # else: NaN / -inf reach the solver, which reports scipy's "invalid numeric entries" below.
     B, Q, T = cost.shape
     if groups > 1:
         # Group DETR: each group of Q / G queries is matched to the targets on its own.
@@ -112,7 +125,7 @@ class Adapters:
     def detr(self, original):
         """``HungarianMatcher`` (DETR, its segmentation head, YOLOS, Table Transformer, ...):
         softmax class cost."""
-        backend = self.backend
+        backend, replace = self.backend, replaces_nonfinite(original)
 
         @torch.no_grad()
         def forward(matcher, outputs, targets):
@@ -120,7 +133,7 @@ class Adapters:
             if inputs is None:
                 return original(matcher, outputs, targets)
             weights = (matcher.class_cost, matcher.bbox_cost, matcher.giou_cost)
-            return _match(*inputs, weights, False, 0.25, 2.0, 1, backend)
+            return _match(*inputs, weights, False, 0.25, 2.0, 1, backend, replace)
 
         forward.__wrapped__ = original
         return forward
@@ -128,7 +141,7 @@ class Adapters:
     def deformable_detr(self, original):
         """``DeformableDetrHungarianMatcher`` (Deformable DETR, Conditional DETR, DAB-DETR): focal
         class cost with transformers' fixed alpha = 0.25, gamma = 2."""
-        backend = self.backend
+        backend, replace = self.backend, replaces_nonfinite(original)
 
         @torch.no_grad()
         def forward(matcher, outputs, targets):
@@ -136,7 +149,7 @@ class Adapters:
             if inputs is None:
                 return original(matcher, outputs, targets)
             weights = (matcher.class_cost, matcher.bbox_cost, matcher.giou_cost)
-            return _match(*inputs, weights, True, 0.25, 2.0, 1, backend)
+            return _match(*inputs, weights, True, 0.25, 2.0, 1, backend, replace)
 
         forward.__wrapped__ = original
         return forward
@@ -144,7 +157,7 @@ class Adapters:
     def rt_detr(self, original):
         """``RTDetrHungarianMatcher`` (RT-DETR, RT-DETRv2, D-FINE, DEIMv2): focal with the config's
         ``matcher_alpha`` / ``matcher_gamma``, or softmax when ``use_focal_loss`` is off."""
-        backend = self.backend
+        backend, replace = self.backend, replaces_nonfinite(original)
 
         @torch.no_grad()
         def forward(matcher, outputs, targets):
@@ -153,7 +166,7 @@ class Adapters:
                 return original(matcher, outputs, targets)
             weights = (matcher.class_cost, matcher.bbox_cost, matcher.giou_cost)
             focal = bool(matcher.use_focal_loss)
-            return _match(*inputs, weights, focal, float(matcher.alpha), float(matcher.gamma), 1, backend)
+            return _match(*inputs, weights, focal, float(matcher.alpha), float(matcher.gamma), 1, backend, replace)
 
         forward.__wrapped__ = original
         return forward
@@ -162,7 +175,7 @@ class Adapters:
         """``LwDetrHungarianMatcher`` (LW-DETR, RF-DETR detection): Deformable DETR's focal cost,
         ``group_detr`` groups of queries matched separately. transformers computes its L1 cost in
         float32 whatever the input dtype, so only float32 inputs take the fused path."""
-        backend = self.backend
+        backend, replace = self.backend, replaces_nonfinite(original)
 
         @torch.no_grad()
         def forward(matcher, outputs, targets, group_detr):
@@ -171,7 +184,7 @@ class Adapters:
             if inputs is None or inputs[0].dtype != torch.float32 or groups < 1 or inputs[0].shape[1] % groups:
                 return original(matcher, outputs, targets, group_detr)
             weights = (matcher.class_cost, matcher.bbox_cost, matcher.giou_cost)
-            return _match(*inputs, weights, True, 0.25, 2.0, groups, backend)
+            return _match(*inputs, weights, True, 0.25, 2.0, groups, backend, replace)
 
         forward.__wrapped__ = original
         return forward
