@@ -46,14 +46,17 @@ def _loss_module(name):
 
 
 class Spy:
-    """Counts calls of a module-level function that the adapters look up at call time."""
+    """Counts calls of a module-level function that the adapters look up at call time (and keeps
+    the backend each was given)."""
 
     def __init__(self, monkeypatch, module, name):
         self.calls = 0
+        self.backends = []
         original = getattr(module, name)
 
         def wrapper(*args, **kwargs):
             self.calls += 1
+            self.backends.append(kwargs.get("backend"))
             return original(*args, **kwargs)
 
         monkeypatch.setattr(module, name, wrapper)
@@ -458,3 +461,25 @@ def test_tiny_model_training_step_is_unchanged(name, dtype, monkeypatch):
     for key, value in expected_grads.items():
         torch.testing.assert_close(grads[key], value, rtol=rtol * 10, atol=atol * scale,
                                    msg=lambda m: f"{key}: {m}")
+
+
+# ---- the Triton backend (CPU: only under TRITON_INTERPRET=1, see conftest) ----------------------------
+
+@pytest.mark.triton
+def test_triton_backend_matches_transformers(monkeypatch):
+    """enable(backend="triton") reaches the Triton kernels: identical indices, same MSDA result."""
+    outputs, targets = _problem(B=2, Q=5, K=3, sizes=(2, 3))
+    matcher = MATCHERS["rt_detr_focal"]()
+    expected = matcher(outputs, targets)
+    mod = _module("d_fine")
+    original = mod.multi_scale_deformable_attention_v2
+    value, locations, weights = _msda_inputs([1, 2, 1], N=1, Lq=2, M=1, D=2, dtype=torch.float32)
+    reference = original(value, LEVELS, locations, weights, [1, 2, 1], "default")
+    costs = Spy(monkeypatch, _hf_matchers, "matching_cost")
+    solves = Spy(monkeypatch, _hf_matchers, "batched_linear_sum_assignment")
+    attends = Spy(monkeypatch, _hf_msda, "ms_deform_attn")
+    with hf.enabled(backend="triton"):
+        _same_indices(matcher(outputs, targets), expected)
+        got = mod.multi_scale_deformable_attention_v2(value, LEVELS, locations, weights, [1, 2, 1], "default")
+    torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-5)
+    assert costs.backends == solves.backends == attends.backends == ["triton"]
