@@ -95,8 +95,8 @@ class Adapters:
         def forward(module, value, value_spatial_shapes, value_spatial_shapes_list, level_start_index,
                     sampling_locations, attention_weights, im2col_step):
             if not (_representable(value, sampling_locations, attention_weights, 6)
-                    and isinstance(value_spatial_shapes, torch.Tensor)
-                    and isinstance(level_start_index, torch.Tensor)):
+                    and isinstance(value_spatial_shapes, torch.Tensor) and isinstance(level_start_index, torch.Tensor)
+                    and value_spatial_shapes.device == value.device and level_start_index.device == value.device):
                 return original(module, value, value_spatial_shapes, value_spatial_shapes_list, level_start_index,
                                 sampling_locations, attention_weights, im2col_step)
             return ms_deform_attn(value, value_spatial_shapes, level_start_index, sampling_locations,

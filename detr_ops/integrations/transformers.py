@@ -164,7 +164,7 @@ def _patch_matchers(matchers):
         _set(cls, "forward", getattr(matchers, adapter)(vars(cls)["forward"]))
         _report[target] = "patched"
     for name, reason in UNSUPPORTED_MATCHERS.items():
-        _report[name] = f"not patched (transformers' code runs): {reason}"
+        _report[name] = f"not patched (transformers' code runs, where the version has it): {reason}"
 
 
 def enable(*, matchers: bool = True, deformable_attention: bool = True, backend: str = "auto") -> dict:
