@@ -149,6 +149,7 @@ setup(
         "tests": ["pytest", "hypothesis", "expecttest", "scipy"],
         "benchmarks": ["pytest-benchmark", "matplotlib", "lap"],
         "models": ["pycocotools", "tqdm", "matplotlib"],
+        "transformers": ["transformers>=5.0"],
     },
     zip_safe=False,
 )

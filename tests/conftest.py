@@ -34,3 +34,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# The fixture behind tests/isolated.py's `parametrize` (adversarial cases run in child processes).
+from tests.isolated import outcome  # noqa: E402,F401
