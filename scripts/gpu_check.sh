@@ -120,7 +120,10 @@ PY
       shopt -s nullglob
       wheels=()
       for w in .whl/*.whl; do
-        case $(basename "$w") in ms_deform_attn-*|nvidia_cuda_runtime_cu12-*|torch_linear_assignment-*) ;; *) wheels+=("$w") ;; esac
+        case $(basename "$w") in  # the peers' and their build tools' are installed by the peers stage
+          ms_deform_attn-*|nvidia_cuda_runtime_cu12-*|torch_linear_assignment-*|setuptools-*|packaging-*|wheel-*) ;;
+          *) wheels+=("$w") ;;
+        esac
       done
       echo "carried: $(ls .whl 2> /dev/null | tr '\n' ' ')"
       [ ${#wheels[@]} -gt 0 ] || { echo "no wheels in .whl/ (scripts/fetch_gpu_wheels.sh makes them)"; exit 0; }
@@ -133,7 +136,7 @@ PY
         [ -f "$prebuilt" ] || fail "build: $1, and no prebuilt library was carried (build/prebuilt, scripts/build_prebuilt.sh)"
         echo "build: $1; using the prebuilt library $prebuilt ($(tr '\n' ' ' < "$(dirname "$prebuilt")/BUILD_INFO" 2> /dev/null))"
         echo "export DETR_OPS_LIBRARY=$prebuilt" >> "$WORK/env.sh"
-        rm -f detr_ops/_C*.so
+        for c in detr_ops/_C*.so; do [ -e "$c" ] && mv "$c" "$c.unused"; done  # _C would take precedence
         DETR_OPS_LIBRARY=$prebuilt "$py" -c "import detr_ops; print('build_info', detr_ops.build_info())"
       }
       cmd=("$py" setup.py build_ext --inplace)
@@ -147,9 +150,10 @@ PY
       rc=$?
       echo "build: exit $rc after $((SECONDS - start)) s (MAX_JOBS=$MAX_JOBS)"
       echo "$((SECONDS - start))" > "$WORK/build_seconds"
-      if [ $rc -eq 0 ]; then
-        "$py" -c "import detr_ops; print('build_info', detr_ops.build_info())"
-        exit $?
+      if [ $rc -eq 0 ]; then  # a build without nvcc succeeds with CPU kernels only: that is a failure here
+        "$py" -c "import sys, detr_ops; i = detr_ops.build_info(); print('build_info', i); sys.exit(0 if i['cuda_kernels'] else 7)"
+        rc=$?
+        [ $rc -eq 0 ] && exit 0
       fi
       [ "$BUILD" = source ] && fail "build: failed (exit $rc) and --build source allows no fallback"
       use_prebuilt "the source build failed (exit $rc$([ $rc -ge 124 ] && echo ', time limit'))"
@@ -206,6 +210,12 @@ PY
     peers)
       ok=0
       cu12=$WORK/cu12
+      # Recent setuptools / packaging / wheel for building the sdists, kept off the detr_ops build.
+      tools=$(ls .whl/setuptools-*.whl .whl/packaging-*.whl .whl/wheel-*.whl 2> /dev/null)
+      if [ -n "$tools" ]; then
+        # shellcheck disable=SC2086
+        "$py" -m pip install -q --no-index --no-deps --target "$WORK/buildtools" $tools && export PYTHONPATH=$WORK/buildtools:$PYTHONPATH
+      fi
       echo "peers: torch-linear-assignment 0.1.0 (sdist, with its legacy CUDA extension when it builds)"
       tla=$(ls .whl/torch_linear_assignment-0.1.0.tar.gz 2> /dev/null)
       if [ -n "$tla" ]; then
@@ -343,6 +353,11 @@ share() {  # share TOTAL FAMILY: the family's part of a limit
 
 echo "detr_ops GPU check: --only $only, families $fams, budget $BUDGET s, output $out$([ "$dry" = 1 ] && echo ', DRY RUN')"
 run_stage env "${LIMIT[env]}" env
+if [ "$dry" = 0 ] && [[ "${results[0]}" != *"|pass|"* ]]; then
+  echo "no usable GPU (see $out/log.txt): stopping"
+  cat "$out/summary.md"
+  exit 1
+fi
 run_stage wheels "${LIMIT[wheels]}" wheels
 run_stage build "${LIMIT[build]}" build
 run_stage registered "${LIMIT[registered]}" registered
