@@ -14,7 +14,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "ops/common/box_checks.h"
+#include "ops/common/box_iou_checks.h"
 #include "ops/common/box_iou.h"
 #include "ops/cpu/cpu_isa.h"
 

@@ -15,7 +15,7 @@
 #include <algorithm>
 #include <tuple>
 
-#include "ops/common/box_checks.h"
+#include "ops/common/box_iou_checks.h"
 #include "ops/common/box_iou.h"
 #include "ops/cpu/cpu_isa.h"
 

@@ -13,7 +13,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "ops/common/box_checks.h"
+#include "ops/common/box_iou_checks.h"
 #include "ops/common/box_iou.h"
 
 namespace detr_ops::box {

@@ -1,12 +1,12 @@
 // CUDA kernel of detr_ops::batched_linear_sum_assignment (schema in ops/linear_sum_assignment.cpp).
 //
 // One thread block per problem, every problem of the batch in one launch, no host sync.
-// Each block runs the same shortest-augmenting-path algorithm as the CPU solver
-// (ops/common/lsa_solver.h) in float64, so it makes scipy's choices: the threads share the scan
-// of the remaining columns (the O(n) part of every step), and a block-wide arg-min picks the next
-// column with the order-independent rule of ops/common/lsa_common.h, which selects exactly the
-// column scipy's sequential scan would. The inherently sequential steps (take the column, flip
-// the path) are done by thread 0 between barriers.
+// Each block runs the same shortest-augmenting-path algorithm as the host solver
+// (ops/cpu/linear_sum_assignment_solver.h) in float64, so it makes scipy's choices: the threads
+// share the scan of the remaining columns (the O(n) part of every step), and a block-wide arg-min
+// picks the next column with the order-independent rule of ops/common/linear_sum_assignment.h,
+// which selects exactly the column scipy's sequential scan would. The inherently sequential steps
+// (take the column, flip the path) are done by thread 0 between barriers.
 //
 // The working arrays live in shared memory when they fit (max(R, C) up to 1002) and otherwise in
 // a global-memory workspace (one slice per problem, allocated by the host wrapper), so any
@@ -25,8 +25,8 @@
 #include <tuple>
 #include <type_traits>
 
-#include "ops/common/lsa_checks.h"
-#include "ops/common/lsa_common.h"
+#include "ops/common/linear_sum_assignment_checks.h"
+#include "ops/common/linear_sum_assignment.h"
 
 namespace detr_ops::lsa {
 namespace {
