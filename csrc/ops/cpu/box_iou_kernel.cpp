@@ -1,4 +1,5 @@
-// CPU kernels of the box-overlap operators (schemas in ops/box_iou.cpp, math in ops/common/box_iou.h).
+// CPU kernels of detr_ops::pairwise_iou and its backward (schemas in ops/box_iou.cpp, math in
+// ops/common/box_iou.h; the elementwise loss is in giou_loss_kernel.cpp).
 //
 // Pairwise: the second box set is first unpacked into corner arrays of the accumulation type
 // (structure of arrays), so the inner loop over boxes2 is a straight, vectorisable sweep.

@@ -1,5 +1,5 @@
 // CPU kernels of the elementwise GIoU loss, detr_ops::giou_loss and its backward (schemas in
-// ops/box_iou.cpp, math in ops/common/box_iou.h).
+// ops/giou_loss.cpp, math in ops/common/box_iou.h).
 //
 // Boxes are stored [K, 4] (array of structures), which g++ cannot vectorise: every lane would need a
 // gather. So the pairs go in blocks of kBlock: a block's corners are unpacked into arrays

@@ -1,4 +1,5 @@
-// CUDA kernels of the box-overlap operators (schemas in ops/box_iou.cpp, math in ops/common/box_iou.h).
+// CUDA kernels of detr_ops::pairwise_iou and its backward (schemas in ops/box_iou.cpp, math in
+// ops/common/box_iou.h; the elementwise loss is in giou_loss_kernel.cu).
 //
 // Pairwise forward is bound by writing the [B,N,M] output: threads run along M (coalesced stores),
 // each keeps its boxes2 box in registers and walks ROWS rows, whose boxes1 box is a broadcast load.
@@ -110,32 +111,6 @@ __global__ void pairwise_grad2_reduce_kernel(const at::opmath_type<scalar_t>* __
   store_box(grad2 + r * 4, corner_grad_to_format(s, cxcywh));
 }
 
-template <typename scalar_t>
-__global__ void giou_loss_kernel(const scalar_t* __restrict__ boxes1, const scalar_t* __restrict__ boxes2,
-                                 at::opmath_type<scalar_t>* __restrict__ out, int64_t K, bool cxcywh,
-                                 at::opmath_type<scalar_t> eps) {
-  using acc_t = at::opmath_type<scalar_t>;
-  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < K;
-       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    out[k] = acc_t(1) - iou_value<acc_t>(load_box(boxes1 + 4 * k, cxcywh), load_box(boxes2 + 4 * k, cxcywh), eps, true);
-  }
-}
-
-template <typename scalar_t>
-__global__ void giou_loss_backward_kernel(const at::opmath_type<scalar_t>* __restrict__ grad,
-                                          const scalar_t* __restrict__ boxes1, const scalar_t* __restrict__ boxes2,
-                                          scalar_t* __restrict__ grad1, scalar_t* __restrict__ grad2, int64_t K,
-                                          bool cxcywh, at::opmath_type<scalar_t> eps) {
-  using acc_t = at::opmath_type<scalar_t>;
-  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < K;
-       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    Box<acc_t> ga{0, 0, 0, 0}, gb{0, 0, 0, 0};
-    iou_grad<acc_t>(load_box(boxes1 + 4 * k, cxcywh), load_box(boxes2 + 4 * k, cxcywh), eps, true, -grad[k], ga, gb);
-    store_box(grad1 + 4 * k, corner_grad_to_format(ga, cxcywh));
-    store_box(grad2 + 4 * k, corner_grad_to_format(gb, cxcywh));
-  }
-}
-
 at::Tensor as_batched(const at::Tensor& t) {
   return (t.dim() == 2 ? t.unsqueeze(0) : t).contiguous();
 }
@@ -208,57 +183,12 @@ std::tuple<at::Tensor, at::Tensor> pairwise_iou_backward_cuda(const at::Tensor& 
   return {grad1.view(boxes1.sizes()), grad2.view(boxes2.sizes())};
 }
 
-at::Tensor giou_loss_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::string_view box_format,
-                          double eps) {
-  check_elementwise(boxes1, boxes2);
-  const bool cxcywh = parse_box_format(box_format);
-  const c10::cuda::CUDAGuard guard(boxes1.device());
-  const at::Tensor b1 = boxes1.contiguous(), b2 = boxes2.contiguous();
-  const int64_t K = b1.numel() / 4;
-  at::Tensor out = at::empty(boxes1.sizes().slice(0, boxes1.dim() - 1),
-                             b1.options().dtype(at::toOpMathType(b1.scalar_type())));
-  if (K == 0) return out;
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "giou_loss_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    giou_loss_kernel<scalar_t><<<blocks_for(K, 256), 256, 0, stream>>>(
-        b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(), out.mutable_data_ptr<acc_t>(), K, cxcywh,
-        static_cast<acc_t>(eps));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return out;
-}
-
-std::tuple<at::Tensor, at::Tensor> giou_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& boxes1,
-                                                           const at::Tensor& boxes2, c10::string_view box_format,
-                                                           double eps) {
-  check_elementwise(boxes1, boxes2);
-  check_grad(grad, boxes1.sizes().slice(0, boxes1.dim() - 1), boxes1);
-  const bool cxcywh = parse_box_format(box_format);
-  const c10::cuda::CUDAGuard guard(boxes1.device());
-  const at::Tensor b1 = boxes1.contiguous(), b2 = boxes2.contiguous();
-  const at::Tensor g = grad.to(at::toOpMathType(b1.scalar_type())).contiguous();
-  at::Tensor grad1 = at::empty_like(b1), grad2 = at::empty_like(b2);
-  const int64_t K = b1.numel() / 4;
-  if (K == 0) return {grad1, grad2};
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "giou_loss_backward_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    giou_loss_backward_kernel<scalar_t><<<blocks_for(K, 256), 256, 0, stream>>>(
-        g.const_data_ptr<acc_t>(), b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(),
-        grad1.mutable_data_ptr<scalar_t>(), grad2.mutable_data_ptr<scalar_t>(), K, cxcywh, static_cast<acc_t>(eps));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return {grad1, grad2};
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(detr_ops, CUDA, m) {
   m.impl("pairwise_iou", &pairwise_iou_cuda);
   m.impl("pairwise_iou_backward", &pairwise_iou_backward_cuda);
-  m.impl("giou_loss", &giou_loss_cuda);
-  m.impl("giou_loss_backward", &giou_loss_backward_cuda);
 }
 
 }  // namespace detr_ops::box
+
