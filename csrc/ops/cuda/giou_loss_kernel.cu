@@ -11,9 +11,12 @@
 
 #include "ops/common/box_iou_checks.h"
 #include "ops/common/box_iou.h"
+#include "ops/cuda/cuda_utils.cuh"
 
 namespace detr_ops::box {
 namespace {
+
+constexpr int kThreads = 256;
 
 template <typename scalar_t>
 __global__ void giou_loss_kernel(const scalar_t* __restrict__ boxes1, const scalar_t* __restrict__ boxes2,
@@ -41,52 +44,38 @@ __global__ void giou_loss_backward_kernel(const at::opmath_type<scalar_t>* __res
   }
 }
 
-unsigned int blocks_for(int64_t n, int threads) {
-  return static_cast<unsigned int>(std::min<int64_t>((n + threads - 1) / threads, 65535LL * 32));
-}
-
 at::Tensor giou_loss_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::string_view box_format,
                           double eps) {
-  check_elementwise(boxes1, boxes2);
-  const bool cxcywh = parse_box_format(box_format);
+  const ElementwiseArgs args = prepare_elementwise(boxes1, boxes2, box_format);
+  if (args.K == 0) return args.out;
   const c10::cuda::CUDAGuard guard(boxes1.device());
-  const at::Tensor b1 = boxes1.contiguous(), b2 = boxes2.contiguous();
-  const int64_t K = b1.numel() / 4;
-  at::Tensor out = at::empty(boxes1.sizes().slice(0, boxes1.dim() - 1),
-                             b1.options().dtype(at::toOpMathType(b1.scalar_type())));
-  if (K == 0) return out;
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "giou_loss_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes1.scalar_type(), "giou_loss_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    giou_loss_kernel<scalar_t><<<blocks_for(K, 256), 256, 0, stream>>>(
-        b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(), out.mutable_data_ptr<acc_t>(), K, cxcywh,
-        static_cast<acc_t>(eps));
+    giou_loss_kernel<scalar_t>
+        <<<cuda::grid_stride_blocks(args.K, kThreads), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+            args.boxes1.const_data_ptr<scalar_t>(), args.boxes2.const_data_ptr<scalar_t>(),
+            args.out.mutable_data_ptr<acc_t>(), args.K, args.cxcywh, static_cast<acc_t>(eps));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return out;
+  return args.out;
 }
 
 std::tuple<at::Tensor, at::Tensor> giou_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& boxes1,
                                                            const at::Tensor& boxes2, c10::string_view box_format,
                                                            double eps) {
-  check_elementwise(boxes1, boxes2);
-  check_grad(grad, boxes1.sizes().slice(0, boxes1.dim() - 1), boxes1);
-  const bool cxcywh = parse_box_format(box_format);
+  const ElementwiseArgs args = prepare_elementwise_backward(grad, boxes1, boxes2, box_format);
+  if (args.K == 0) return {args.grad1, args.grad2};
   const c10::cuda::CUDAGuard guard(boxes1.device());
-  const at::Tensor b1 = boxes1.contiguous(), b2 = boxes2.contiguous();
-  const at::Tensor g = grad.to(at::toOpMathType(b1.scalar_type())).contiguous();
-  at::Tensor grad1 = at::empty_like(b1), grad2 = at::empty_like(b2);
-  const int64_t K = b1.numel() / 4;
-  if (K == 0) return {grad1, grad2};
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "giou_loss_backward_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes1.scalar_type(), "giou_loss_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    giou_loss_backward_kernel<scalar_t><<<blocks_for(K, 256), 256, 0, stream>>>(
-        g.const_data_ptr<acc_t>(), b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(),
-        grad1.mutable_data_ptr<scalar_t>(), grad2.mutable_data_ptr<scalar_t>(), K, cxcywh, static_cast<acc_t>(eps));
+    giou_loss_backward_kernel<scalar_t>
+        <<<cuda::grid_stride_blocks(args.K, kThreads), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+            args.grad.const_data_ptr<acc_t>(), args.boxes1.const_data_ptr<scalar_t>(),
+            args.boxes2.const_data_ptr<scalar_t>(), args.grad1.mutable_data_ptr<scalar_t>(),
+            args.grad2.mutable_data_ptr<scalar_t>(), args.K, args.cxcywh, static_cast<acc_t>(eps));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {grad1, grad2};
+  return {args.grad1, args.grad2};
 }
 
 }  // namespace
