@@ -6,9 +6,11 @@ a fresh multi-GB torch and compile against that instead of the one you run.
 Environment switches (all optional):
   DETR_OPS_CPU_ONLY=1     never compile the CUDA sources
   FORCE_CUDA=1            compile the CUDA sources even if no GPU is visible
-  TORCH_CUDA_ARCH_LIST    GPU architectures (default: the local GPU's, else 8.0;8.6;8.9;9.0+PTX)
+  TORCH_CUDA_ARCH_LIST    GPU architectures (default: the local GPU's, else cuda_arch_list of build_config.txt)
   MAX_JOBS                parallel compile jobs (read by torch's ninja build)
   DEBUG=1                 -O0 -g host code, -lineinfo device code, keep assertions
+
+Compiler flags and the default architectures are in build_config.txt, which CMakeLists.txt reads too.
 """
 import glob
 import os
@@ -28,7 +30,25 @@ except ImportError:  # pragma: no cover - only hit by a misconfigured install
     )
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_ARCH_LIST = "8.0;8.6;8.9;9.0+PTX"
+
+
+def _build_config():
+    """build_config.txt as {key: value}: `key = value` lines, `#` comments (shared with CMakeLists.txt)."""
+    config = {}
+    with open(os.path.join(ROOT, "build_config.txt")) as f:
+        for number, line in enumerate(f, 1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            key, sep, value = line.partition("=")
+            if not sep:
+                sys.exit("build_config.txt:%d: expected `key = value`, got %r" % (number, line))
+            config[key.strip()] = value.strip()
+    return config
+
+
+BUILD_CONFIG = _build_config()
+DEFAULT_ARCH_LIST = BUILD_CONFIG["cuda_arch_list"]
 
 
 def _flag(name):
@@ -83,9 +103,8 @@ def _extension():
     sources += sorted(glob.glob(os.path.join("csrc", "bindings", "*.cpp")))
     sources += sorted(glob.glob(os.path.join("csrc", "ops", "*.cpp")))
     sources += sorted(glob.glob(os.path.join("csrc", "ops", "cpu", "*.cpp")))
-    # -fno-trapping-math lets the compiler if-convert the branch-free box math and vectorise the
-    # pair loops; no code reads floating-point exception flags, and no result changes.
-    cxx = ["-O0", "-g"] if debug else ["-O3", "-DNDEBUG", "-fno-trapping-math"]
+    # The flags and why: build_config.txt.
+    cxx = BUILD_CONFIG["cxx_debug" if debug else "cxx"].split()
     # at::parallel_for is an inline template whose threads are an `#pragma omp parallel`: without
     # -fopenmp it compiles to a serial loop, and every CPU kernel runs on one thread.
     openmp = _openmp_flags()
@@ -98,8 +117,8 @@ def _extension():
         arch_list, arch_source = _arch_list()
         os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
         define_macros.append(("DETR_OPS_WITH_CUDA", "1"))
-        nvcc = ["-lineinfo", "-O0"] if debug else ["-O3", "-DNDEBUG", "--use_fast_math"]
-        extra["nvcc"] = nvcc + ["--expt-relaxed-constexpr", "-Xcompiler", "-fPIC"]
+        # torch's BuildExtension adds -fPIC for nvcc's host compiler itself
+        extra["nvcc"] = BUILD_CONFIG["nvcc_debug" if debug else "nvcc"].split()
         ext_cls = cpp_extension.CUDAExtension
     else:
         ext_cls = cpp_extension.CppExtension
@@ -113,6 +132,9 @@ def _extension():
         print("  arch list       : %s (%s)" % (arch_list, arch_source))
     print("  OpenMP          : %s" % ("yes" if openmp else "no (kernels run on one thread)"))
     print("  debug           : %s" % debug)
+    print("  C++ flags       : %s" % " ".join(cxx))
+    if with_cuda:
+        print("  nvcc flags      : %s" % " ".join(extra["nvcc"]))
     print("  MAX_JOBS        : %s" % os.environ.get("MAX_JOBS", "torch default"))
     print("  sources         : %d files" % len(sources))
     print("=" * 72)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The CUDA-enabled build check, for a machine with nvcc but no GPU (CI, the developers' machines):
 # builds every .cu file against the default PyPI torch (CUDA 13.0), imports the extension, checks
-# that each operator with a CPU kernel also has a CUDA kernel, and runs the CPU test suite in that
-# build. The build happens in a copy of the tracked files, so the main tree's CPU build is untouched.
+# that each operator with a CPU kernel also has a CUDA kernel, checks the compiled PTX for fast-math
+# code (scripts/check_cuda_ptx.py), and runs the CPU test suite in that build. The build happens in
+# a copy of the tracked files, so the main tree's CPU build is untouched.
 #
 # The build runs with NVCC_APPEND_FLAGS=-Xptxas=-v and keeps its log (build/cuda-check/build.log):
 # scripts/cuda_resources.py turns ptxas's report into the resource and occupancy table of every CUDA
@@ -11,13 +12,14 @@
 # new table to docs/cuda_resources.md.
 #
 # Environment: CUDA_VENV (default .venv-cuda), CUDA_HOME (default /usr/local/cuda),
-# TORCH_CUDA_ARCH_LIST (default 9.0), CUDA_TORCH (default torch==2.11.0).
+# TORCH_CUDA_ARCH_LIST (default 9.0+PTX: one architecture keeps the build short, +PTX embeds the
+# PTX the fast-math check reads), CUDA_TORCH (default torch==2.11.0).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv=${CUDA_VENV:-$root/.venv-cuda}
 work=$root/build/cuda-check
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
-export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0+PTX}
 export FORCE_CUDA=1
 
 if [ ! -x "$venv/bin/python" ]; then
@@ -40,4 +42,11 @@ if [ "${DETR_OPS_UPDATE_DOCS:-0}" = 1 ]; then
   echo "wrote docs/cuda_resources.md"
 fi
 PYTHONPATH="$work" "$venv/bin/python" scripts/check_cuda_kernels.py
+# cuobjdump: the toolkit's where it has one, else the copy the triton package ships
+cuobjdump=$CUDA_HOME/bin/cuobjdump
+if [ ! -x "$cuobjdump" ]; then
+  cuobjdump=$("$venv/bin/python" -c \
+    'import os, triton; print(os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump"))')
+fi
+"$venv/bin/python" scripts/check_cuda_ptx.py "$cuobjdump" detr_ops/_C*.so
 "$venv/bin/python" -m pytest -q -p no:cacheprovider tests

@@ -1,9 +1,10 @@
 // detr_ops._C.linear_sum_assignment: a drop-in for scipy.optimize.linear_sum_assignment.
 //
 // The input goes through the same numpy conversion as scipy's (any array-like to a C-contiguous
-// float64 array, "safe" casting, the same errors for what cannot be converted), then the shared
-// solver in ops/common/lsa_solver.h runs with the GIL released (except for tiny problems). Each thread keeps one solver
-// whose buffers are reused across calls: at DETR sizes allocation is a visible share of the time.
+// float64 array, "safe" casting, the same errors for what cannot be converted), then the host
+// solver in ops/cpu/linear_sum_assignment_solver.h (also the CPU kernel's) runs with the GIL
+// released (except for tiny problems). Each thread keeps one solver whose buffers are reused
+// across calls: at DETR sizes allocation is a visible share of the time.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -11,7 +12,7 @@
 #include <string>
 
 #include "bindings/bindings.h"
-#include "ops/common/lsa_solver.h"
+#include "ops/cpu/linear_sum_assignment_solver.h"
 
 namespace py = pybind11;
 

@@ -1,5 +1,5 @@
-// Schemas of the box-overlap operators. Kernels: ops/cpu/box_iou_kernel.cpp, ops/cuda/box_iou_kernel.cu;
-// fake kernels and autograd: detr_ops/ops/box_iou.py.
+// Schemas of the pairwise box-overlap operator. Kernels: ops/cpu/box_iou_kernel.cpp,
+// ops/cuda/box_iou_kernel.cu; fake kernels and autograd: detr_ops/ops/box_iou.py.
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(detr_ops, m) {
@@ -7,11 +7,5 @@ TORCH_LIBRARY_FRAGMENT(detr_ops, m) {
   m.def("pairwise_iou(Tensor boxes1, Tensor boxes2, str box_format, bool generalized) -> Tensor");
   m.def(
       "pairwise_iou_backward(Tensor grad, Tensor boxes1, Tensor boxes2, str box_format, bool generalized)"
-      " -> (Tensor, Tensor)");
-  // Elementwise 1 - GIoU of boxes1[..., 4] and boxes2[..., 4], torchvision's generalized_box_iou_loss
-  // without the reduction; computed and returned in float32 (float64 for float64 input).
-  m.def("giou_loss(Tensor boxes1, Tensor boxes2, str box_format, float eps) -> Tensor");
-  m.def(
-      "giou_loss_backward(Tensor grad, Tensor boxes1, Tensor boxes2, str box_format, float eps)"
       " -> (Tensor, Tensor)");
 }

@@ -61,14 +61,21 @@ DETR_HD Bilinear<T> bilinear(T loc_x, T loc_y, int64_t H, int64_t W) {
   return b;
 }
 
-// Derivative of the sampled value w.r.t. the pixel coordinate, given dot_c = <grad, value at
-// corner c> (0 for corners off the map). The normalised-location gradient is this times W (x) and
-// H (y), times the attention weight.
+// Derivative of the sampled value w.r.t. the pixel coordinate, given the point's fractional
+// position (lx, ly) inside its cell and dot_c = <grad, value at corner c> (0 for corners off the
+// map). The normalised-location gradient is this times W (x) and H (y), times the attention
+// weight. Linear in the dots, so a caller holding partial dots (a CUDA lane's channels) may apply it
+// to the partials and sum the results.
+template <typename T>
+DETR_HD void pixel_grad(T lx, T ly, T dot0, T dot1, T dot2, T dot3, T& gx, T& gy) {
+  const T hx = T(1) - lx, hy = T(1) - ly;
+  gx = hy * (dot1 - dot0) + ly * (dot3 - dot2);
+  gy = hx * (dot2 - dot0) + lx * (dot3 - dot1);
+}
+
 template <typename T>
 DETR_HD void pixel_grad(const Bilinear<T>& b, T dot0, T dot1, T dot2, T dot3, T& gx, T& gy) {
-  const T hx = T(1) - b.lx, hy = T(1) - b.ly;
-  gx = hy * (dot1 - dot0) + b.ly * (dot3 - dot2);
-  gy = hx * (dot2 - dot0) + b.lx * (dot3 - dot1);
+  pixel_grad(b.lx, b.ly, dot0, dot1, dot2, dot3, gx, gy);
 }
 
 // A level whose declared extent does not fit in value's S rows is skipped instead of read out of

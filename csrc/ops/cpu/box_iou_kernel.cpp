@@ -1,4 +1,5 @@
-// CPU kernels of the box-overlap operators (schemas in ops/box_iou.cpp, math in ops/common/box_iou.h).
+// CPU kernels of detr_ops::pairwise_iou and its backward (schemas in ops/box_iou.cpp, math in
+// ops/common/box_iou.h; the elementwise loss is in giou_loss_kernel.cpp).
 //
 // Pairwise: the second box set is first unpacked into corner arrays of the accumulation type
 // (structure of arrays), so the inner loop over boxes2 is a straight, vectorisable sweep.
@@ -14,7 +15,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "ops/common/box_checks.h"
+#include "ops/common/box_iou_checks.h"
 #include "ops/common/box_iou.h"
 #include "ops/cpu/cpu_isa.h"
 
@@ -79,32 +80,14 @@ DETR_HD void pair_row_backward_body(Box<acc_t> a, const acc_t* g, const acc_t* c
                                              ra, ra + m, ra + 2 * m, ra + 3 * m, m);
 }
 
-template <bool G, typename acc_t>
-DETR_TARGET_AVX2 void pair_row_avx2(Box<acc_t> a, const acc_t* c, int64_t m, acc_t* out) {
-  pair_row_body<G, acc_t>(a, c, m, out);
-}
-template <bool G, typename acc_t>
-void pair_row_sse(Box<acc_t> a, const acc_t* c, int64_t m, acc_t* out) {
-  pair_row_body<G, acc_t>(a, c, m, out);
-}
+// The AVX2 or baseline build of each loop (cpu_isa.h).
 template <bool G, typename acc_t>
 void pair_row(Box<acc_t> a, const acc_t* c, int64_t m, acc_t* out) {
-  cpu::cpu_has_avx2() ? pair_row_avx2<G, acc_t>(a, c, m, out) : pair_row_sse<G, acc_t>(a, c, m, out);
-}
-
-template <bool G, typename acc_t>
-DETR_TARGET_AVX2 void pair_row_backward_avx2(Box<acc_t> a, const acc_t* g, const acc_t* c, int64_t m, acc_t* pb,
-                                             acc_t* ra) {
-  pair_row_backward_body<G, acc_t>(a, g, c, m, pb, ra);
-}
-template <bool G, typename acc_t>
-void pair_row_backward_sse(Box<acc_t> a, const acc_t* g, const acc_t* c, int64_t m, acc_t* pb, acc_t* ra) {
-  pair_row_backward_body<G, acc_t>(a, g, c, m, pb, ra);
+  cpu::isa_dispatch([=]() DETR_ISA_INLINE { pair_row_body<G, acc_t>(a, c, m, out); });
 }
 template <bool G, typename acc_t>
 void pair_row_backward(Box<acc_t> a, const acc_t* g, const acc_t* c, int64_t m, acc_t* pb, acc_t* ra) {
-  cpu::cpu_has_avx2() ? pair_row_backward_avx2<G, acc_t>(a, g, c, m, pb, ra)
-                      : pair_row_backward_sse<G, acc_t>(a, g, c, m, pb, ra);
+  cpu::isa_dispatch([=]() DETR_ISA_INLINE { pair_row_backward_body<G, acc_t>(a, g, c, m, pb, ra); });
 }
 
 // One output row in the output dtype (through an acc_t scratch row for half and bfloat16).
@@ -145,25 +128,19 @@ void pairwise_backward_rows(const scalar_t* grad, const scalar_t* boxes1, const 
   }
 }
 
-at::Tensor as_batched(const at::Tensor& t) {
-  return (t.dim() == 2 ? t.unsqueeze(0) : t).contiguous();
-}
-
 at::Tensor pairwise_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::string_view box_format,
                             bool generalized) {
-  check_pairwise(boxes1, boxes2);
-  const bool cxcywh = parse_box_format(box_format);
-  const at::Tensor b1 = as_batched(boxes1), b2 = as_batched(boxes2);
-  const int64_t B = b1.size(0), N = b1.size(1), M = b2.size(1);
-  at::Tensor out = at::empty({B, N, M}, b1.options());
-  if (out.numel() == 0) return out.view(pairwise_shape(boxes1, boxes2));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "pairwise_iou_cpu", [&] {
+  const PairwiseArgs args = prepare_pairwise(boxes1, boxes2, box_format);
+  if (args.empty()) return args.result();
+  const int64_t B = args.B, N = args.N, M = args.M;
+  const bool cxcywh = args.cxcywh;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes1.scalar_type(), "pairwise_iou_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     std::vector<acc_t> corners(B * 4 * M);
-    const scalar_t* p1 = b1.const_data_ptr<scalar_t>();
-    const scalar_t* p2 = b2.const_data_ptr<scalar_t>();
+    const scalar_t* p1 = args.boxes1.const_data_ptr<scalar_t>();
+    const scalar_t* p2 = args.boxes2.const_data_ptr<scalar_t>();
     for (int64_t b = 0; b < B; ++b) unpack_corners(p2 + b * M * 4, M, cxcywh, corners.data() + b * 4 * M);
-    scalar_t* po = out.mutable_data_ptr<scalar_t>();
+    scalar_t* po = args.out.mutable_data_ptr<scalar_t>();
     const int64_t grain = std::max<int64_t>(1, 32768 / M);
     at::parallel_for(0, B * N, grain, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> scratch;
@@ -178,32 +155,28 @@ at::Tensor pairwise_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2, 
       }
     });
   });
-  return out.view(pairwise_shape(boxes1, boxes2));
+  return args.result();
 }
 
 std::tuple<at::Tensor, at::Tensor> pairwise_iou_backward_cpu(const at::Tensor& grad, const at::Tensor& boxes1,
                                                              const at::Tensor& boxes2, c10::string_view box_format,
                                                              bool generalized) {
-  check_pairwise(boxes1, boxes2);
-  check_grad(grad, pairwise_shape(boxes1, boxes2), boxes1);
-  const bool cxcywh = parse_box_format(box_format);
-  const at::Tensor b1 = as_batched(boxes1), b2 = as_batched(boxes2);
-  const int64_t B = b1.size(0), N = b1.size(1), M = b2.size(1);
-  const at::Tensor g = grad.to(b1.scalar_type()).reshape({B, N, M}).contiguous();
-  at::Tensor grad1 = at::zeros_like(b1), grad2 = at::zeros_like(b2);
-  if (N == 0 || M == 0 || B == 0) return {grad1.view(boxes1.sizes()), grad2.view(boxes2.sizes())};
+  const PairwiseArgs args = prepare_pairwise_backward(grad, boxes1, boxes2, box_format);
+  if (args.empty()) return args.grads();
+  const int64_t B = args.B, N = args.N, M = args.M;
+  const bool cxcywh = args.cxcywh;
 
   // Fixed row chunks (a function of N only) so the column sums are always added in the same order.
   const int64_t rows_per_chunk = std::max<int64_t>(64, (N + 15) / 16);
   const int64_t C = (N + rows_per_chunk - 1) / rows_per_chunk;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "pairwise_iou_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes1.scalar_type(), "pairwise_iou_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     std::vector<acc_t> corners(B * 4 * M);
     std::vector<acc_t> partial(B * C * 4 * M, acc_t(0));
-    const scalar_t* p1 = b1.const_data_ptr<scalar_t>();
-    const scalar_t* p2 = b2.const_data_ptr<scalar_t>();
-    const scalar_t* pg = g.const_data_ptr<scalar_t>();
-    scalar_t* pg1 = grad1.mutable_data_ptr<scalar_t>();
+    const scalar_t* p1 = args.boxes1.const_data_ptr<scalar_t>();
+    const scalar_t* p2 = args.boxes2.const_data_ptr<scalar_t>();
+    const scalar_t* pg = args.grad.const_data_ptr<scalar_t>();
+    scalar_t* pg1 = args.grad1.mutable_data_ptr<scalar_t>();
     for (int64_t b = 0; b < B; ++b) unpack_corners(p2 + b * M * 4, M, cxcywh, corners.data() + b * 4 * M);
     at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
@@ -222,7 +195,7 @@ std::tuple<at::Tensor, at::Tensor> pairwise_iou_backward_cpu(const at::Tensor& g
         }
       }
     });
-    scalar_t* pg2 = grad2.mutable_data_ptr<scalar_t>();
+    scalar_t* pg2 = args.grad2.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, B * M, 1024, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t b = r / M, j = r % M;
@@ -238,7 +211,7 @@ std::tuple<at::Tensor, at::Tensor> pairwise_iou_backward_cpu(const at::Tensor& g
       }
     });
   });
-  return {grad1.view(boxes1.sizes()), grad2.view(boxes2.sizes())};
+  return args.grads();
 }
 
 }  // namespace

@@ -5,9 +5,13 @@
 // Two ways, both measured:
 // * DETR_CPU_CLONES on a function: g++ builds it for baseline and for x86-64-v3 and picks one at
 //   load time (target_clones). Simplest; used by the MSDA loops.
-// * Write the loop once as an always-inline function, call it from two thin wrappers, one marked
-//   DETR_TARGET_AVX2, and choose with cpu_has_avx2(). Used by the box loops, where target_clones
-//   stopped the gradient loop from vectorising at all.
+// * isa_dispatch(body): the loop is written once as an always-inline function and called from a
+//   lambda marked DETR_ISA_INLINE; isa_dispatch instantiates two thin wrappers around that lambda,
+//   one compiled with DETR_TARGET_AVX2 and one for the baseline, and runs the one the CPU supports
+//   (cpu_has_avx2()). The lambda and the loop are inlined into each wrapper, so each wrapper gets
+//   its own vectorisation. Used by the box loops, where target_clones stopped the gradient loop from
+//   vectorising at all. Capture by value ([=]) and pass pointers, not arrays: a captured array is
+//   copied.
 #pragma once
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
@@ -20,6 +24,10 @@
 #define DETR_HAS_AVX2_PATH 0
 #endif
 
+// On the lambda given to isa_dispatch: `[=]() DETR_ISA_INLINE { loop(...); }`. Without it g++ may
+// keep the lambda out of line, and the loop would then be compiled once, for the baseline.
+#define DETR_ISA_INLINE __attribute__((always_inline))
+
 namespace detr_ops::cpu {
 
 inline bool cpu_has_avx2() {
@@ -29,6 +37,30 @@ inline bool cpu_has_avx2() {
 #else
   return false;
 #endif
+}
+
+namespace isa_detail {
+
+template <typename Body>
+DETR_TARGET_AVX2 void run_avx2(const Body& body) {
+  body();
+}
+
+template <typename Body>
+void run_baseline(const Body& body) {
+  body();
+}
+
+}  // namespace isa_detail
+
+// Runs body() as its AVX2+FMA build where the CPU has AVX2 and FMA, else as its baseline build.
+template <typename Body>
+inline void isa_dispatch(const Body& body) {
+  if (cpu_has_avx2()) {
+    isa_detail::run_avx2(body);
+  } else {
+    isa_detail::run_baseline(body);
+  }
 }
 
 }  // namespace detr_ops::cpu

@@ -1,5 +1,5 @@
 // CPU kernels of the elementwise GIoU loss, detr_ops::giou_loss and its backward (schemas in
-// ops/box_iou.cpp, math in ops/common/box_iou.h).
+// ops/giou_loss.cpp, math in ops/common/box_iou.h).
 //
 // Boxes are stored [K, 4] (array of structures), which g++ cannot vectorise: every lane would need a
 // gather. So the pairs go in blocks of kBlock: a block's corners are unpacked into arrays
@@ -15,7 +15,7 @@
 #include <algorithm>
 #include <tuple>
 
-#include "ops/common/box_checks.h"
+#include "ops/common/box_iou_checks.h"
 #include "ops/common/box_iou.h"
 #include "ops/cpu/cpu_isa.h"
 
@@ -63,35 +63,29 @@ DETR_HD void loss_backward_loop(const acc_t* __restrict__ g, const acc_t* __rest
 }
 
 // The two loops over one block in structure-of-arrays scratch s: rows 0-3 boxes1's corners,
-// 4-7 boxes2's, 8 the upstream gradient (backward), 0-7 reused for the corner gradients.
+// 4-7 boxes2's, 8 the upstream gradient (backward); the backward writes the corner gradients to
+// the 8 rows of grads in the same order.
 template <typename acc_t>
-DETR_HD void loss_block(acc_t* s, acc_t eps, acc_t* out, int64_t n) {
+DETR_HD void loss_block_body(acc_t* s, acc_t eps, acc_t* out, int64_t n) {
   const int64_t B = kBlock;
   loss_loop<acc_t>(s, s + B, s + 2 * B, s + 3 * B, s + 4 * B, s + 5 * B, s + 6 * B, s + 7 * B, eps, out, n);
 }
 template <typename acc_t>
-DETR_HD void loss_backward_block(acc_t* s, acc_t eps, acc_t* grads, int64_t n) {
+DETR_HD void loss_backward_block_body(acc_t* s, acc_t eps, acc_t* grads, int64_t n) {
   const int64_t B = kBlock;
   loss_backward_loop<acc_t>(s + 8 * B, s, s + B, s + 2 * B, s + 3 * B, s + 4 * B, s + 5 * B, s + 6 * B, s + 7 * B,
                             eps, grads, grads + B, grads + 2 * B, grads + 3 * B, grads + 4 * B, grads + 5 * B,
                             grads + 6 * B, grads + 7 * B, n);
 }
 
+// The AVX2 or baseline build of each (cpu_isa.h).
 template <typename acc_t>
-DETR_TARGET_AVX2 void loss_block_avx2(acc_t* s, acc_t eps, acc_t* out, int64_t n) {
-  loss_block<acc_t>(s, eps, out, n);
+void loss_block(acc_t* s, acc_t eps, acc_t* out, int64_t n) {
+  cpu::isa_dispatch([=]() DETR_ISA_INLINE { loss_block_body<acc_t>(s, eps, out, n); });
 }
 template <typename acc_t>
-void loss_block_sse(acc_t* s, acc_t eps, acc_t* out, int64_t n) {
-  loss_block<acc_t>(s, eps, out, n);
-}
-template <typename acc_t>
-DETR_TARGET_AVX2 void loss_backward_block_avx2(acc_t* s, acc_t eps, acc_t* grads, int64_t n) {
-  loss_backward_block<acc_t>(s, eps, grads, n);
-}
-template <typename acc_t>
-void loss_backward_block_sse(acc_t* s, acc_t eps, acc_t* grads, int64_t n) {
-  loss_backward_block<acc_t>(s, eps, grads, n);
+void loss_backward_block(acc_t* s, acc_t eps, acc_t* grads, int64_t n) {
+  cpu::isa_dispatch([=]() DETR_ISA_INLINE { loss_backward_block_body<acc_t>(s, eps, grads, n); });
 }
 
 // Unpacks pairs [k0, k0 + n) into rows 0-7 of the block scratch s.
@@ -110,54 +104,42 @@ void unpack_pairs(const scalar_t* p1, const scalar_t* p2, int64_t k0, int64_t n,
   }
 }
 
-at::ScalarType loss_dtype(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 at::Tensor giou_loss_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::string_view box_format,
                          double eps) {
-  check_elementwise(boxes1, boxes2);
-  const bool cxcywh = parse_box_format(box_format);
-  const at::Tensor b1 = boxes1.contiguous(), b2 = boxes2.contiguous();
-  const int64_t K = b1.numel() / 4;
-  at::Tensor out = at::empty(boxes1.sizes().slice(0, boxes1.dim() - 1), b1.options().dtype(loss_dtype(b1.scalar_type())));
-  const bool avx2 = cpu::cpu_has_avx2();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "giou_loss_cpu", [&] {
+  const ElementwiseArgs args = prepare_elementwise(boxes1, boxes2, box_format);
+  const int64_t K = args.K;
+  const bool cxcywh = args.cxcywh;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes1.scalar_type(), "giou_loss_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* p1 = b1.const_data_ptr<scalar_t>();
-    const scalar_t* p2 = b2.const_data_ptr<scalar_t>();
-    acc_t* po = out.mutable_data_ptr<acc_t>();
+    const scalar_t* p1 = args.boxes1.const_data_ptr<scalar_t>();
+    const scalar_t* p2 = args.boxes2.const_data_ptr<scalar_t>();
+    acc_t* po = args.out.mutable_data_ptr<acc_t>();
     const acc_t e = static_cast<acc_t>(eps);
     at::parallel_for(0, (K + kBlock - 1) / kBlock, 64, [&](int64_t begin, int64_t end) {
       acc_t s[8 * kBlock];
       for (int64_t blk = begin; blk < end; ++blk) {
         const int64_t k0 = blk * kBlock, n = std::min(kBlock, K - k0);
         unpack_pairs(p1, p2, k0, n, cxcywh, s);
-        avx2 ? loss_block_avx2<acc_t>(s, e, po + k0, n) : loss_block_sse<acc_t>(s, e, po + k0, n);
+        loss_block<acc_t>(s, e, po + k0, n);
       }
     });
   });
-  return out;
+  return args.out;
 }
 
 std::tuple<at::Tensor, at::Tensor> giou_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& boxes1,
                                                           const at::Tensor& boxes2, c10::string_view box_format,
                                                           double eps) {
-  check_elementwise(boxes1, boxes2);
-  check_grad(grad, boxes1.sizes().slice(0, boxes1.dim() - 1), boxes1);
-  const bool cxcywh = parse_box_format(box_format);
-  const at::Tensor b1 = boxes1.contiguous(), b2 = boxes2.contiguous();
-  const at::Tensor g = grad.to(loss_dtype(b1.scalar_type())).contiguous();
-  at::Tensor grad1 = at::empty_like(b1), grad2 = at::empty_like(b2);
-  const int64_t K = b1.numel() / 4;
-  const bool avx2 = cpu::cpu_has_avx2();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "giou_loss_backward_cpu", [&] {
+  const ElementwiseArgs args = prepare_elementwise_backward(grad, boxes1, boxes2, box_format);
+  const int64_t K = args.K;
+  const bool cxcywh = args.cxcywh;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes1.scalar_type(), "giou_loss_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* p1 = b1.const_data_ptr<scalar_t>();
-    const scalar_t* p2 = b2.const_data_ptr<scalar_t>();
-    const acc_t* pg = g.const_data_ptr<acc_t>();
-    scalar_t* pg1 = grad1.mutable_data_ptr<scalar_t>();
-    scalar_t* pg2 = grad2.mutable_data_ptr<scalar_t>();
+    const scalar_t* p1 = args.boxes1.const_data_ptr<scalar_t>();
+    const scalar_t* p2 = args.boxes2.const_data_ptr<scalar_t>();
+    const acc_t* pg = args.grad.const_data_ptr<acc_t>();
+    scalar_t* pg1 = args.grad1.mutable_data_ptr<scalar_t>();
+    scalar_t* pg2 = args.grad2.mutable_data_ptr<scalar_t>();
     const acc_t e = static_cast<acc_t>(eps);
     at::parallel_for(0, (K + kBlock - 1) / kBlock, 64, [&](int64_t begin, int64_t end) {
       acc_t s[9 * kBlock], grads[8 * kBlock];
@@ -165,7 +147,7 @@ std::tuple<at::Tensor, at::Tensor> giou_loss_backward_cpu(const at::Tensor& grad
         const int64_t k0 = blk * kBlock, n = std::min(kBlock, K - k0);
         unpack_pairs(p1, p2, k0, n, cxcywh, s);
         std::copy(pg + k0, pg + k0 + n, s + 8 * kBlock);
-        avx2 ? loss_backward_block_avx2<acc_t>(s, e, grads, n) : loss_backward_block_sse<acc_t>(s, e, grads, n);
+        loss_backward_block<acc_t>(s, e, grads, n);
         for (int64_t j = 0; j < n; ++j) {
           const acc_t* q = grads + j;
           store_box(pg1 + 4 * (k0 + j), corner_grad_to_format(Box<acc_t>{q[0], q[kBlock], q[2 * kBlock], q[3 * kBlock]},
@@ -177,7 +159,7 @@ std::tuple<at::Tensor, at::Tensor> giou_loss_backward_cpu(const at::Tensor& grad
       }
     });
   });
-  return {grad1, grad2};
+  return {args.grad1, args.grad2};
 }
 
 }  // namespace

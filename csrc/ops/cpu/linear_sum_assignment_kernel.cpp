@@ -2,11 +2,10 @@
 //
 // Problems are independent, so the batch is spread over threads with cpu::parallel_tasks, largest
 // first: DETR batches mix empty images with busy ones, and each thread takes the next problem when
-// it is done with one. Each thread keeps one Solver (ops/common/lsa_solver.h) whose buffers serve
-// all its problems. A
-// problem's valid block is read through the input's strides and converted to float64 while it is
-// copied into the solver (transposed when tall), so no contiguous or float64 copy of the whole
-// batch is made.
+// it is done with one. Each thread keeps one Solver (ops/cpu/linear_sum_assignment_solver.h) whose
+// buffers serve all its problems. A problem's valid block is read through the input's strides and
+// converted to float64 while it is copied into the solver (transposed when tall), so no contiguous
+// or float64 copy of the whole batch is made.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
@@ -15,8 +14,8 @@
 #include <tuple>
 #include <vector>
 
-#include "ops/common/lsa_checks.h"
-#include "ops/common/lsa_solver.h"
+#include "ops/common/linear_sum_assignment_checks.h"
+#include "ops/cpu/linear_sum_assignment_solver.h"
 #include "ops/cpu/parallel_tasks.h"
 
 namespace detr_ops::lsa {

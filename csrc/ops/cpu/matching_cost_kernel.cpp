@@ -30,23 +30,24 @@ at::Tensor matching_cost_cpu(const at::Tensor& pred_logits, const at::Tensor& pr
   if (out.numel() == 0) return out;
   // -softmax for DETR's cost; for the focal cost the loop reads the logits themselves
   const at::Tensor class_table = focal ? logits : -at::softmax(logits, -1);
+  // prepare() converted the floats to the accumulation type: scalar_t is float or double
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "matching_cost_cpu", [&] {
-    using T_ = scalar_t;
-    const T_* pb = boxes.const_data_ptr<T_>();
-    const T_* ptb = tboxes.const_data_ptr<T_>();
+    const scalar_t* pb = boxes.const_data_ptr<scalar_t>();
+    const scalar_t* ptb = tboxes.const_data_ptr<scalar_t>();
     const int64_t* plab = labels.const_data_ptr<int64_t>();
     const int64_t* pn = counts.const_data_ptr<int64_t>();
-    T_* po = out.mutable_data_ptr<T_>();
-    const T_ wc = static_cast<T_>(cost_class), wb = static_cast<T_>(cost_bbox), wg = static_cast<T_>(cost_giou);
-    const T_ inf = std::numeric_limits<T_>::infinity(), nan = std::numeric_limits<T_>::quiet_NaN();
-    const T_ alpha = static_cast<T_>(focal_alpha), gamma = static_cast<T_>(focal_gamma);
-    const T_* pc = class_table.const_data_ptr<T_>();
+    scalar_t* po = out.mutable_data_ptr<scalar_t>();
+    const scalar_t wc = static_cast<scalar_t>(cost_class), wb = static_cast<scalar_t>(cost_bbox);
+    const scalar_t wg = static_cast<scalar_t>(cost_giou);
+    const scalar_t inf = std::numeric_limits<scalar_t>::infinity(), nan = std::numeric_limits<scalar_t>::quiet_NaN();
+    const scalar_t alpha = static_cast<scalar_t>(focal_alpha), gamma = static_cast<scalar_t>(focal_gamma);
+    const scalar_t* pc = class_table.const_data_ptr<scalar_t>();
     at::parallel_for(0, B * Q, std::max<int64_t>(1, 4096 / std::max<int64_t>(T, 1)), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t b = r / Q;
-        const T_* row = pc + r * K;
+        const scalar_t* row = pc + r * K;
         const int64_t n = std::min(std::max<int64_t>(pn[b], 0), T);
-        T_* o = po + r * T;
+        scalar_t* o = po + r * T;
         for (int64_t t = 0; t < T; ++t) {
           if (t >= n) {
             o[t] = inf;
@@ -57,8 +58,8 @@ at::Tensor matching_cost_cpu(const at::Tensor& pred_logits, const at::Tensor& pr
             o[t] = nan;
             continue;
           }
-          const T_ class_term = focal ? focal_class_cost<T_>(row[label], alpha, gamma) : row[label];
-          o[t] = pair_cost<T_>(class_term, pb + r * 4, ptb + (b * T + t) * 4, wc, wb, wg);
+          const scalar_t class_term = focal ? focal_class_cost<scalar_t>(row[label], alpha, gamma) : row[label];
+          o[t] = pair_cost<scalar_t>(class_term, pb + r * 4, ptb + (b * T + t) * 4, wc, wb, wg);
         }
       }
     });

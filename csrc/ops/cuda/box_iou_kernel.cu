@@ -1,7 +1,8 @@
-// CUDA kernels of the box-overlap operators (schemas in ops/box_iou.cpp, math in ops/common/box_iou.h).
+// CUDA kernels of detr_ops::pairwise_iou and its backward (schemas in ops/box_iou.cpp, math in
+// ops/common/box_iou.h; the elementwise loss is in giou_loss_kernel.cu).
 //
 // Pairwise forward is bound by writing the [B,N,M] output: threads run along M (coalesced stores),
-// each keeps its boxes2 box in registers and walks ROWS rows, whose boxes1 box is a broadcast load.
+// each keeps its boxes2 box in registers and walks kRows rows, whose boxes1 box is a broadcast load.
 // Backward: grad of boxes1 reduces along a row -> one warp per row, shuffle reduction. Grad of boxes2
 // reduces down a column -> threads along M walk a fixed chunk of rows each and write a partial sum;
 // a second kernel adds the chunks in order. No atomics, so the result is deterministic.
@@ -13,8 +14,9 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "ops/common/box_checks.h"
+#include "ops/common/box_iou_checks.h"
 #include "ops/common/box_iou.h"
+#include "ops/cuda/cuda_utils.cuh"
 
 namespace detr_ops::box {
 namespace {
@@ -47,23 +49,21 @@ __global__ void pairwise_grad1_kernel(const scalar_t* __restrict__ grad, const s
                                       const scalar_t* __restrict__ boxes2, scalar_t* __restrict__ grad1, int64_t B,
                                       int64_t N, int64_t M, bool cxcywh, bool generalized) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int lane = threadIdx.x % 32;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+  const int lane = cuda::lane_id();
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + cuda::warp_id();
   if (row >= B * N) return;
   const int64_t b = row / N;
   const Box<acc_t> a = load_box(boxes1 + row * 4, cxcywh);
   Box<acc_t> ga{0, 0, 0, 0};
-  for (int64_t j = lane; j < M; j += 32) {
+  for (int64_t j = lane; j < M; j += cuda::kWarpSize) {
     Box<acc_t> unused{0, 0, 0, 0};
     iou_grad<acc_t>(a, load_box(boxes2 + (b * M + j) * 4, cxcywh), acc_t(0), generalized,
                     static_cast<acc_t>(grad[row * M + j]), ga, unused);
   }
-  for (int offset = 16; offset > 0; offset /= 2) {
-    ga.x0 += __shfl_down_sync(0xffffffffu, ga.x0, offset);
-    ga.y0 += __shfl_down_sync(0xffffffffu, ga.y0, offset);
-    ga.x1 += __shfl_down_sync(0xffffffffu, ga.x1, offset);
-    ga.y1 += __shfl_down_sync(0xffffffffu, ga.y1, offset);
-  }
+  ga.x0 = cuda::warp_sum(ga.x0);
+  ga.y0 = cuda::warp_sum(ga.y0);
+  ga.x1 = cuda::warp_sum(ga.x1);
+  ga.y1 = cuda::warp_sum(ga.y1);
   if (lane == 0) store_box(grad1 + row * 4, corner_grad_to_format(ga, cxcywh));
 }
 
@@ -110,76 +110,36 @@ __global__ void pairwise_grad2_reduce_kernel(const at::opmath_type<scalar_t>* __
   store_box(grad2 + r * 4, corner_grad_to_format(s, cxcywh));
 }
 
-template <typename scalar_t>
-__global__ void giou_loss_kernel(const scalar_t* __restrict__ boxes1, const scalar_t* __restrict__ boxes2,
-                                 at::opmath_type<scalar_t>* __restrict__ out, int64_t K, bool cxcywh,
-                                 at::opmath_type<scalar_t> eps) {
-  using acc_t = at::opmath_type<scalar_t>;
-  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < K;
-       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    out[k] = acc_t(1) - iou_value<acc_t>(load_box(boxes1 + 4 * k, cxcywh), load_box(boxes2 + 4 * k, cxcywh), eps, true);
-  }
-}
-
-template <typename scalar_t>
-__global__ void giou_loss_backward_kernel(const at::opmath_type<scalar_t>* __restrict__ grad,
-                                          const scalar_t* __restrict__ boxes1, const scalar_t* __restrict__ boxes2,
-                                          scalar_t* __restrict__ grad1, scalar_t* __restrict__ grad2, int64_t K,
-                                          bool cxcywh, at::opmath_type<scalar_t> eps) {
-  using acc_t = at::opmath_type<scalar_t>;
-  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < K;
-       k += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    Box<acc_t> ga{0, 0, 0, 0}, gb{0, 0, 0, 0};
-    iou_grad<acc_t>(load_box(boxes1 + 4 * k, cxcywh), load_box(boxes2 + 4 * k, cxcywh), eps, true, -grad[k], ga, gb);
-    store_box(grad1 + 4 * k, corner_grad_to_format(ga, cxcywh));
-    store_box(grad2 + 4 * k, corner_grad_to_format(gb, cxcywh));
-  }
-}
-
-at::Tensor as_batched(const at::Tensor& t) {
-  return (t.dim() == 2 ? t.unsqueeze(0) : t).contiguous();
-}
-
-unsigned int blocks_for(int64_t n, int threads) {
-  return static_cast<unsigned int>(std::min<int64_t>((n + threads - 1) / threads, 65535LL * 32));
-}
-
 at::Tensor pairwise_iou_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::string_view box_format,
                              bool generalized) {
-  check_pairwise(boxes1, boxes2);
-  const bool cxcywh = parse_box_format(box_format);
+  const PairwiseArgs args = prepare_pairwise(boxes1, boxes2, box_format);
+  if (args.empty()) return args.result();
+  TORCH_CHECK_VALUE(args.B <= 65535, "pairwise_iou on CUDA supports at most 65535 batch items, got ", args.B);
   const c10::cuda::CUDAGuard guard(boxes1.device());
-  const at::Tensor b1 = as_batched(boxes1), b2 = as_batched(boxes2);
-  const int64_t B = b1.size(0), N = b1.size(1), M = b2.size(1);
-  at::Tensor out = at::empty({B, N, M}, b1.options());
-  if (out.numel() == 0) return out.view(pairwise_shape(boxes1, boxes2));
-  TORCH_CHECK_VALUE(B <= 65535, "pairwise_iou on CUDA supports at most 65535 batch items, got ", B);
-  const dim3 grid(static_cast<unsigned int>((M + kThreads - 1) / kThreads),
+  const int64_t B = args.B, N = args.N, M = args.M;
+  const dim3 grid(cuda::blocks_for(M, kThreads),
                   static_cast<unsigned int>(std::min<int64_t>((N + kRows - 1) / kRows, 65535)),
                   static_cast<unsigned int>(B));
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "pairwise_iou_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes1.scalar_type(), "pairwise_iou_cuda", [&] {
     pairwise_iou_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
-        b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), N, M, cxcywh,
-        generalized);
+        args.boxes1.const_data_ptr<scalar_t>(), args.boxes2.const_data_ptr<scalar_t>(),
+        args.out.mutable_data_ptr<scalar_t>(), N, M, args.cxcywh, generalized);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return out.view(pairwise_shape(boxes1, boxes2));
+  return args.result();
 }
 
 std::tuple<at::Tensor, at::Tensor> pairwise_iou_backward_cuda(const at::Tensor& grad, const at::Tensor& boxes1,
                                                               const at::Tensor& boxes2, c10::string_view box_format,
                                                               bool generalized) {
-  check_pairwise(boxes1, boxes2);
-  check_grad(grad, pairwise_shape(boxes1, boxes2), boxes1);
-  const bool cxcywh = parse_box_format(box_format);
+  const PairwiseArgs args = prepare_pairwise_backward(grad, boxes1, boxes2, box_format);
+  if (args.empty()) return args.grads();
+  TORCH_CHECK_VALUE(args.B <= 65535, "pairwise_iou_backward on CUDA supports at most 65535 batch items, got ", args.B);
   const c10::cuda::CUDAGuard guard(boxes1.device());
-  const at::Tensor b1 = as_batched(boxes1), b2 = as_batched(boxes2);
-  const int64_t B = b1.size(0), N = b1.size(1), M = b2.size(1);
-  at::Tensor grad1 = at::zeros_like(b1), grad2 = at::zeros_like(b2);
-  if (B == 0 || N == 0 || M == 0) return {grad1.view(boxes1.sizes()), grad2.view(boxes2.sizes())};
-  TORCH_CHECK_VALUE(B <= 65535, "pairwise_iou_backward on CUDA supports at most 65535 batch items, got ", B);
-  const at::Tensor g = grad.to(b1.scalar_type()).reshape({B, N, M}).contiguous();
+  const int64_t B = args.B, N = args.N, M = args.M;
+  const bool cxcywh = args.cxcywh;
+  const at::Tensor &b1 = args.boxes1, &b2 = args.boxes2, &g = args.grad;
   // Enough (column, chunk) threads to fill a large GPU (~2^18), at least 32 rows per chunk; the
   // chunking depends on the shape only, so the summation order is fixed.
   const int64_t max_chunks = std::min<int64_t>((N + 31) / 32, 65535);
@@ -188,68 +148,24 @@ std::tuple<at::Tensor, at::Tensor> pairwise_iou_backward_cuda(const at::Tensor& 
   const int64_t used_chunks = (N + rows_per_chunk - 1) / rows_per_chunk;
   at::Tensor partial = at::empty({used_chunks, B, M, 4}, b1.options().dtype(at::toOpMathType(b1.scalar_type())));
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "pairwise_iou_backward_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes1.scalar_type(), "pairwise_iou_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const unsigned int row_blocks = static_cast<unsigned int>((B * N + kWarpsPerBlock - 1) / kWarpsPerBlock);
-    pairwise_grad1_kernel<scalar_t><<<row_blocks, kWarpsPerBlock * 32, 0, stream>>>(
+    pairwise_grad1_kernel<scalar_t><<<cuda::blocks_for(B * N, kWarpsPerBlock), kWarpsPerBlock * cuda::kWarpSize, 0,
+                                      stream>>>(
         g.const_data_ptr<scalar_t>(), b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(),
-        grad1.mutable_data_ptr<scalar_t>(), B, N, M, cxcywh, generalized);
+        args.grad1.mutable_data_ptr<scalar_t>(), B, N, M, cxcywh, generalized);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    const dim3 grid(static_cast<unsigned int>((M + kThreads - 1) / kThreads), static_cast<unsigned int>(used_chunks),
+    const dim3 grid(cuda::blocks_for(M, kThreads), static_cast<unsigned int>(used_chunks),
                     static_cast<unsigned int>(B));
     pairwise_grad2_partial_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
         g.const_data_ptr<scalar_t>(), b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(),
         partial.mutable_data_ptr<acc_t>(), B, N, M, rows_per_chunk, cxcywh, generalized);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    pairwise_grad2_reduce_kernel<scalar_t><<<blocks_for(B * M, 256), 256, 0, stream>>>(
-        partial.const_data_ptr<acc_t>(), grad2.mutable_data_ptr<scalar_t>(), B * M, used_chunks, cxcywh);
+    pairwise_grad2_reduce_kernel<scalar_t><<<cuda::blocks_for(B * M, 256), 256, 0, stream>>>(
+        partial.const_data_ptr<acc_t>(), args.grad2.mutable_data_ptr<scalar_t>(), B * M, used_chunks, cxcywh);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {grad1.view(boxes1.sizes()), grad2.view(boxes2.sizes())};
-}
-
-at::Tensor giou_loss_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::string_view box_format,
-                          double eps) {
-  check_elementwise(boxes1, boxes2);
-  const bool cxcywh = parse_box_format(box_format);
-  const c10::cuda::CUDAGuard guard(boxes1.device());
-  const at::Tensor b1 = boxes1.contiguous(), b2 = boxes2.contiguous();
-  const int64_t K = b1.numel() / 4;
-  at::Tensor out = at::empty(boxes1.sizes().slice(0, boxes1.dim() - 1),
-                             b1.options().dtype(at::toOpMathType(b1.scalar_type())));
-  if (K == 0) return out;
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "giou_loss_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    giou_loss_kernel<scalar_t><<<blocks_for(K, 256), 256, 0, stream>>>(
-        b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(), out.mutable_data_ptr<acc_t>(), K, cxcywh,
-        static_cast<acc_t>(eps));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return out;
-}
-
-std::tuple<at::Tensor, at::Tensor> giou_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& boxes1,
-                                                           const at::Tensor& boxes2, c10::string_view box_format,
-                                                           double eps) {
-  check_elementwise(boxes1, boxes2);
-  check_grad(grad, boxes1.sizes().slice(0, boxes1.dim() - 1), boxes1);
-  const bool cxcywh = parse_box_format(box_format);
-  const c10::cuda::CUDAGuard guard(boxes1.device());
-  const at::Tensor b1 = boxes1.contiguous(), b2 = boxes2.contiguous();
-  const at::Tensor g = grad.to(at::toOpMathType(b1.scalar_type())).contiguous();
-  at::Tensor grad1 = at::empty_like(b1), grad2 = at::empty_like(b2);
-  const int64_t K = b1.numel() / 4;
-  if (K == 0) return {grad1, grad2};
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "giou_loss_backward_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    giou_loss_backward_kernel<scalar_t><<<blocks_for(K, 256), 256, 0, stream>>>(
-        g.const_data_ptr<acc_t>(), b1.const_data_ptr<scalar_t>(), b2.const_data_ptr<scalar_t>(),
-        grad1.mutable_data_ptr<scalar_t>(), grad2.mutable_data_ptr<scalar_t>(), K, cxcywh, static_cast<acc_t>(eps));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return {grad1, grad2};
+  return args.grads();
 }
 
 }  // namespace
@@ -257,8 +173,7 @@ std::tuple<at::Tensor, at::Tensor> giou_loss_backward_cuda(const at::Tensor& gra
 TORCH_LIBRARY_IMPL(detr_ops, CUDA, m) {
   m.impl("pairwise_iou", &pairwise_iou_cuda);
   m.impl("pairwise_iou_backward", &pairwise_iou_backward_cuda);
-  m.impl("giou_loss", &giou_loss_cuda);
-  m.impl("giou_loss_backward", &giou_loss_backward_cuda);
 }
 
 }  // namespace detr_ops::box
+

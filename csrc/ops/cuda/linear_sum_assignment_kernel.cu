@@ -1,12 +1,12 @@
 // CUDA kernel of detr_ops::batched_linear_sum_assignment (schema in ops/linear_sum_assignment.cpp).
 //
 // One thread block per problem, every problem of the batch in one launch, no host sync.
-// Each block runs the same shortest-augmenting-path algorithm as the CPU solver
-// (ops/common/lsa_solver.h) in float64, so it makes scipy's choices: the threads share the scan
-// of the remaining columns (the O(n) part of every step), and a block-wide arg-min picks the next
-// column with the order-independent rule of ops/common/lsa_common.h, which selects exactly the
-// column scipy's sequential scan would. The inherently sequential steps (take the column, flip
-// the path) are done by thread 0 between barriers.
+// Each block runs the same shortest-augmenting-path algorithm as the host solver
+// (ops/cpu/linear_sum_assignment_solver.h) in float64, so it makes scipy's choices: the threads
+// share the scan of the remaining columns (the O(n) part of every step), and a block-wide arg-min
+// picks the next column with the order-independent rule of ops/common/linear_sum_assignment.h,
+// which selects exactly the column scipy's sequential scan would. The inherently sequential steps
+// (take the column, flip the path) are done by thread 0 between barriers.
 //
 // The working arrays live in shared memory when they fit (max(R, C) up to 1002) and otherwise in
 // a global-memory workspace (one slice per problem, allocated by the host wrapper), so any
@@ -25,15 +25,38 @@
 #include <tuple>
 #include <type_traits>
 
-#include "ops/common/lsa_checks.h"
-#include "ops/common/lsa_common.h"
+#include "ops/common/linear_sum_assignment_checks.h"
+#include "ops/common/linear_sum_assignment.h"
+#include "ops/cuda/cuda_utils.cuh"
 
 namespace detr_ops::lsa {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
+constexpr int kWarps = kThreads / cuda::kWarpSize;
 constexpr double kInf = std::numeric_limits<double>::infinity();
+
+// A column competing in the block arg-min: its path cost, its tie key (tie_key) and its position
+// in `remaining`.
+struct Candidate {
+  double cost;
+  long long key;
+  int pos;
+};
+
+// Shuffles a whole candidate; cuda::warp_reduce finds this overload by argument-dependent lookup.
+__device__ __forceinline__ Candidate shfl_xor(const Candidate& c, int lane_mask) {
+  return Candidate{cuda::shfl_xor(c.cost, lane_mask), cuda::shfl_xor(c.key, lane_mask),
+                   cuda::shfl_xor(c.pos, lane_mask)};
+}
+
+// The better of two candidates under `better`. Keys are distinct, so the block's winner does not
+// depend on the order of the reduction.
+struct BetterOf {
+  __device__ __forceinline__ Candidate operator()(const Candidate& a, const Candidate& b) const {
+    return better(b.cost, b.key, a.cost, a.key) ? b : a;
+  }
+};
 
 // Exact widening to float64: half and bfloat16 go through float (exact); double stays as is.
 template <typename scalar_t>
@@ -108,9 +131,7 @@ __global__ void __launch_bounds__(kThreads)
     w.col4row[i] = -1;
   }
 
-  __shared__ double warp_cost[kWarps];
-  __shared__ long long warp_key[kWarps];
-  __shared__ int warp_pos[kWarps];
+  __shared__ Candidate warp_best[kWarps];
   __shared__ double s_min_val;
   __shared__ int s_row, s_sink, s_remaining, s_rows_seen, s_cols_seen, s_failed;
   if (tid == 0) s_failed = 0;
@@ -135,9 +156,7 @@ __global__ void __launch_bounds__(kThreads)
     while (s_sink < 0) {
       const int i = s_row, num_remaining = s_remaining;
       const double min_val = s_min_val, ui = w.u[i];
-      double best = kInf;
-      long long best_key = -1;
-      int best_pos = -1;
+      Candidate mine{kInf, -1, -1};
       for (int it = tid; it < num_remaining; it += kThreads) {
         const int j = w.remaining[it];
         const double r = min_val + at(i, j) - ui - w.v[j];
@@ -148,43 +167,17 @@ __global__ void __launch_bounds__(kThreads)
           s = r;
         }
         const long long key = tie_key(it, w.row4col[j] < 0, nc);
-        if (better(s, key, best, best_key)) {
-          best = s;
-          best_key = key;
-          best_pos = it;
-        }
+        if (better(s, key, mine.cost, mine.key)) mine = Candidate{s, key, it};
       }
-      // Block arg-min under `better`: keys are distinct, so the winner does not depend on order.
-      for (int offset = 16; offset > 0; offset >>= 1) {
-        const double oc = __shfl_down_sync(0xffffffffu, best, offset);
-        const long long ok = __shfl_down_sync(0xffffffffu, best_key, offset);
-        const int op = __shfl_down_sync(0xffffffffu, best_pos, offset);
-        if (better(oc, ok, best, best_key)) {
-          best = oc;
-          best_key = ok;
-          best_pos = op;
-        }
-      }
-      if ((tid & 31) == 0) {
-        warp_cost[tid >> 5] = best;
-        warp_key[tid >> 5] = best_key;
-        warp_pos[tid >> 5] = best_pos;
-      }
-      __syncthreads();
+      // Block arg-min under `better` (thread 0 gets the winner).
+      const Candidate winner = cuda::block_reduce<kThreads>(mine, BetterOf{}, warp_best);
       if (tid == 0) {
-        for (int k = 1; k < kWarps; ++k) {
-          if (better(warp_cost[k], warp_key[k], best, best_key)) {
-            best = warp_cost[k];
-            best_key = warp_key[k];
-            best_pos = warp_pos[k];
-          }
-        }
-        if (best == kInf || best_pos < 0) {
+        if (winner.cost == kInf || winner.pos < 0) {
           s_failed = 1;
           s_sink = nc;  // leaves the loop; the problem is reported infeasible
         } else {
-          s_min_val = best;
-          const int j = w.remaining[best_pos];
+          s_min_val = winner.cost;
+          const int j = w.remaining[winner.pos];
           w.cols_seen[s_cols_seen++] = j;
           if (w.row4col[j] < 0) {
             s_sink = j;
@@ -192,7 +185,7 @@ __global__ void __launch_bounds__(kThreads)
             s_row = w.row4col[j];
             w.rows_seen[s_rows_seen++] = s_row;
           }
-          w.remaining[best_pos] = w.remaining[--s_remaining];
+          w.remaining[winner.pos] = w.remaining[--s_remaining];
         }
       }
       __syncthreads();

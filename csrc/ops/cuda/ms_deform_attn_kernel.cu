@@ -25,18 +25,14 @@
 
 #include "ops/common/ms_deform_attn.h"
 #include "ops/common/ms_deform_attn_checks.h"
+#include "ops/cuda/cuda_utils.cuh"
 
 namespace detr_ops::msda {
 namespace {
 
-constexpr int kWarp = 32;
+constexpr int kWarp = cuda::kWarpSize;
 constexpr int kWarpsPerBlock = 8;
 constexpr int kThreads = kWarp * kWarpsPerBlock;
-constexpr unsigned kFullMask = 0xffffffffu;
-
-struct Dims {
-  int64_t N, S, M, D, Lq, L, P;
-};
 
 // Corner rows (element offset of channel 0 in value, or -1) and weights of one point.
 template <typename acc_t>
@@ -47,7 +43,7 @@ struct PointTile {
 
 // Fills lane's slot of the tile with point k (of this warp's L*P points) of item (n, q, m).
 template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ Bilinear<acc_t> load_point(const Dims& s, const int64_t* shapes, const int64_t* starts,
+__device__ __forceinline__ Bilinear<acc_t> load_point(const Sizes& s, const int64_t* shapes, const int64_t* starts,
                                                       const scalar_t* loc, int64_t point0, int64_t k, int64_t n,
                                                       int64_t m, int64_t row[4], int64_t& H, int64_t& W) {
   const int64_t l = k / s.P;
@@ -74,10 +70,10 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const scalar_t* __res
                                                            const int64_t* __restrict__ starts,
                                                            const scalar_t* __restrict__ loc,
                                                            const scalar_t* __restrict__ attn, scalar_t* __restrict__ out,
-                                                           Dims s) {
+                                                           Sizes s) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ PointTile<acc_t> tile;
-  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int warp = cuda::warp_id(), lane = cuda::lane_id();
   const int64_t item = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + warp;  // (n, q, m)
   if (item >= s.N * s.Lq * s.M) return;  // warp-uniform: only __syncwarp is used below
   const int64_t m = item % s.M, n = item / (s.M * s.Lq);
@@ -124,23 +120,16 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const scalar_t* __res
   }
 }
 
-template <typename acc_t>
-__device__ __forceinline__ acc_t warp_sum(acc_t v) {
-#pragma unroll
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(kFullMask, v, offset);
-  return v;
-}
-
 template <typename scalar_t, int R>
 __global__ void __launch_bounds__(kThreads) backward_kernel(
     const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ value, const int64_t* __restrict__ shapes,
     const int64_t* __restrict__ starts, const scalar_t* __restrict__ loc, const scalar_t* __restrict__ attn,
     at::opmath_type<scalar_t>* __restrict__ grad_value, scalar_t* __restrict__ grad_loc,
-    scalar_t* __restrict__ grad_attn, Dims s) {
+    scalar_t* __restrict__ grad_attn, Sizes s) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ PointTile<acc_t> tile;         // weight holds the bare bilinear weight here
   __shared__ acc_t frac[kWarpsPerBlock][kWarp][3];  // attention weight, lx, ly of each point
-  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int warp = cuda::warp_id(), lane = cuda::lane_id();
   const int64_t item = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + warp;
   if (item >= s.N * s.Lq * s.M) return;  // warp-uniform
   const int64_t m = item % s.M, n = item / (s.M * s.Lq);
@@ -190,12 +179,14 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(
             }
           }
         }
-        // The three per-point gradients are linear in the dots: combine per lane, reduce once each.
-        const acc_t hx = acc_t(1) - lx, hy = acc_t(1) - ly;
+        // The three per-point gradients are linear in the dots: each lane applies them to its partial
+        // dots (pixel_grad for the location), then each is reduced once.
         const acc_t* wt = tile.weight[warp][j];
-        const acc_t pa = warp_sum(wt[0] * dot[0] + wt[1] * dot[1] + wt[2] * dot[2] + wt[3] * dot[3]);
-        const acc_t px = warp_sum(hy * (dot[1] - dot[0]) + ly * (dot[3] - dot[2]));
-        const acc_t py = warp_sum(hx * (dot[2] - dot[0]) + lx * (dot[3] - dot[1]));
+        acc_t px, py;
+        pixel_grad(lx, ly, dot[0], dot[1], dot[2], dot[3], px, py);
+        const acc_t pa = cuda::warp_sum(wt[0] * dot[0] + wt[1] * dot[1] + wt[2] * dot[2] + wt[3] * dot[3]);
+        px = cuda::warp_sum(px);
+        py = cuda::warp_sum(py);
         if (lane == j) {
           my_attn += pa;
           my_gx += a * px;
@@ -226,11 +217,8 @@ void with_channels_per_lane(int64_t D, F&& f) {
   }
 }
 
-Dims dims_of(const Sizes& s) { return Dims{s.N, s.S, s.M, s.D, s.Lq, s.L, s.P}; }
-
-unsigned blocks_for(const Sizes& s) {
-  return static_cast<unsigned>((s.N * s.Lq * s.M + kWarpsPerBlock - 1) / kWarpsPerBlock);
-}
+// One warp per (n, q, m).
+unsigned int item_blocks(const Sizes& s) { return cuda::blocks_for(s.N * s.Lq * s.M, kWarpsPerBlock); }
 
 at::Tensor ms_deform_attn_cuda(const at::Tensor& value, const at::Tensor& spatial_shapes,
                                const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
@@ -244,10 +232,10 @@ at::Tensor ms_deform_attn_cuda(const at::Tensor& value, const at::Tensor& spatia
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "ms_deform_attn_cuda", [&] {
     with_channels_per_lane(s.D, [&](auto r) {
-      forward_kernel<scalar_t, decltype(r)::value><<<blocks_for(s), kThreads, 0, stream>>>(
+      forward_kernel<scalar_t, decltype(r)::value><<<item_blocks(s), kThreads, 0, stream>>>(
           v.const_data_ptr<scalar_t>(), shapes.const_data_ptr<int64_t>(), starts.const_data_ptr<int64_t>(),
           loc.const_data_ptr<scalar_t>(), attn.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
-          dims_of(s));
+          s);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
@@ -273,11 +261,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "ms_deform_attn_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     with_channels_per_lane(s.D, [&](auto r) {
-      backward_kernel<scalar_t, decltype(r)::value><<<blocks_for(s), kThreads, 0, stream>>>(
+      backward_kernel<scalar_t, decltype(r)::value><<<item_blocks(s), kThreads, 0, stream>>>(
           g.const_data_ptr<scalar_t>(), v.const_data_ptr<scalar_t>(), shapes.const_data_ptr<int64_t>(),
           starts.const_data_ptr<int64_t>(), loc.const_data_ptr<scalar_t>(), attn.const_data_ptr<scalar_t>(),
           grad_value.mutable_data_ptr<acc_t>(), grad_loc.mutable_data_ptr<scalar_t>(),
-          grad_attn.mutable_data_ptr<scalar_t>(), dims_of(s));
+          grad_attn.mutable_data_ptr<scalar_t>(), s);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });

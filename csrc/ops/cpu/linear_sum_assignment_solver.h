@@ -1,5 +1,7 @@
 // Exact rectangular linear sum assignment on the host: the one solver behind
 // detr_ops.linear_sum_assignment (numpy) and the CPU kernel of detr_ops::batched_linear_sum_assignment.
+// Host code only (std::vector workspaces), hence in cpu/ and not in common/, which holds what CPU and
+// CUDA code both compile; the CUDA kernel shares ops/common/linear_sum_assignment.h with it.
 //
 // Algorithm: shortest augmenting paths with dual variables and no initialisation (Crouse 2016,
 // "On implementing 2D rectangular assignment algorithms"), the method scipy's rectangular_lsap
@@ -9,7 +11,8 @@
 //   * NaN and -inf (after the negation) are rejected before solving;
 //   * each augmenting path scans the unvisited columns in the order of a `remaining` list that
 //     starts reversed (nc-1, ..., 0) and loses the chosen column by swapping in its last entry;
-//   * the next column is chosen by the rule in lsa_common.h (lowest, ties to a free column);
+//   * the next column is chosen by the rule in ops/common/linear_sum_assignment.h (lowest, ties
+//     to a free column);
 //   * path costs and duals are computed with the same floating-point operations in the same
 //     order, r = ((minVal + c[i][j]) - u[i]) - v[j], so rounding matches too.
 // The arithmetic is scipy's; the gains are around it: the first step of every path (all columns
@@ -24,7 +27,7 @@
 #include <limits>
 #include <vector>
 
-#include "ops/common/lsa_common.h"
+#include "ops/common/linear_sum_assignment.h"
 
 namespace detr_ops::lsa {
 

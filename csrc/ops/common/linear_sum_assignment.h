@@ -1,5 +1,6 @@
-// Pieces of the linear sum assignment solver that the CPU solver (lsa_solver.h) and the CUDA kernel
-// share: the status codes and the rule that picks the next column of a shortest augmenting path.
+// Pieces of the linear sum assignment solver that the host solver
+// (ops/cpu/linear_sum_assignment_solver.h) and the CUDA kernel share: the status codes and the rule
+// that picks the next column of a shortest augmenting path.
 //
 // Exactness note: every backend reproduces scipy's choices, so the selection rule below is the
 // sequential scan of scipy's rectangular_lsap restated as an order on (path cost, position) pairs,
