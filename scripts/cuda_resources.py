@@ -65,8 +65,10 @@ _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, as
 
 def evaluate(expr: str, constants: Dict[str, int]) -> Optional[int]:
     """Integer value of a C++ constant expression made of literals, the given constants and + - * / % <<;
-    casts are looked through. None when it depends on anything else."""
+    casts and namespace qualifiers (``cuda::kWarpSize``) are looked through. None when it depends on
+    anything else."""
     text = re.sub(r"static_cast<[^>]*>", "", expr)
+    text = re.sub(r"\b(?:\w+::)+(?=\w)", "", text)
     text = re.sub(r"\b(\d+)(?:[uUlL]+)\b", r"\1", text).replace("sizeof(double)", "8").replace("sizeof(float)", "4")
     text = text.replace("sizeof(int32_t)", "4").replace("sizeof(int64_t)", "8").replace("sizeof(int)", "4")
     try:
@@ -91,9 +93,10 @@ def evaluate(expr: str, constants: Dict[str, int]) -> Optional[int]:
         return None
 
 
-def constants_of(source: str) -> Dict[str, int]:
-    """The file's ``constexpr`` integer constants, each evaluated with the ones before it."""
-    constants: Dict[str, int] = {}
+def constants_of(source: str, known: Optional[Dict[str, int]] = None) -> Dict[str, int]:
+    """The file's ``constexpr`` integer constants, each evaluated with the ones before it (and with
+    ``known``, e.g. the constants of the headers next to it)."""
+    constants: Dict[str, int] = dict(known or {})
     for name, expr in _CONSTANT.findall(source):
         v = evaluate(expr, constants)
         if v is not None:
@@ -108,8 +111,8 @@ def dynamic_smem_bound(constants: Dict[str, int]) -> Optional[int]:
     return max(bounds) if bounds else None
 
 
-def launch_sites(source: str) -> List[LaunchSite]:
-    constants = constants_of(source)
+def launch_sites(source: str, known: Optional[Dict[str, int]] = None) -> List[LaunchSite]:
+    constants = constants_of(source, known)
     sites = []
     for name, _, config in _LAUNCH.findall(source):
         args = _split_top_level(config)
@@ -205,9 +208,13 @@ def rows(log: str, sources_dir: pathlib.Path) -> Tuple[List[Row], List[str]]:
     """(table rows, kernels launched in the sources without a ptxas report in the log)."""
     reports = kernels_by_source(log)
     out, missing = [], []
+    # Constants the .cu files share through the headers next to them (e.g. cuda::kWarpSize).
+    shared: Dict[str, int] = {}
+    for header in sorted(list(sources_dir.glob("*.cuh")) + list(sources_dir.glob("*.h"))):
+        shared = constants_of(header.read_text(), shared)
     for path in sorted(sources_dir.glob("*.cu")):
         source = path.read_text()
-        sites = launch_sites(source)
+        sites = launch_sites(source, shared)
         bounds = launch_bounds(source)
         kernels = reports.get(path.name, [])
         readable = ptxas_info.demangle([k.name for k in kernels])

@@ -148,6 +148,10 @@ def test_launch_sites_and_bounds_are_read_from_the_source():
     assert cuda_resources.launch_bounds(CU_SOURCE) == {"forward_kernel": "kThreads"}
     assert cuda_resources.evaluate("static_cast<int>(kThreads) / 2 + 3 * 1024", {"kThreads": 256}) == 128 + 3072
     assert cuda_resources.evaluate("n * 2", {}) is None
+    # constants of a shared header, named with their namespace at the launch
+    sites = cuda_resources.launch_sites("constexpr int kWarps = 4;\nk<<<g, kWarps * cuda::kWarpSize, 0, s>>>(x);",
+                                        cuda_resources.constants_of("constexpr int kWarpSize = 32;"))
+    assert sites[0].threads == 128
 
 
 @pytest.mark.skipif(shutil.which("c++filt") is None, reason="needs c++filt (binutils) to demangle kernel names")
