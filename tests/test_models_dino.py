@@ -60,17 +60,18 @@ def test_segments_see_only_themselves():
     assert hybrid[:3, 3:].all() and hybrid[3:, :3].all() and not hybrid[:3, :3].any() and not hybrid[3:, 3:].any()
 
 
-@pytest.mark.parametrize("dn_number,max_known", [(100, 1), (100, 3), (100, 7), (100, 150), (12, 3), (6, 3)])
+@pytest.mark.parametrize("dn_number,max_known", [(100, 1), (100, 3), (100, 7), (100, 150), (50, 4), (12, 3),
+                                                (2, 3), (0, 3)])
 def test_group_count_is_dinos(dn_number, max_known):
-    # prepare_for_cdn: dn_number *= 2; if >= 100: dn_number //= 2 * max_known; at least 1.
-    doubled = dn_number * 2
-    expected = doubled // (2 * max_known) if doubled >= 100 else doubled
-    if dn_number * 2 >= 100:
-        assert denoising.num_groups(dn_number, max_known) == max(1, expected)
-    else:
-        # Below 100 DINO keeps 2 x dn_number groups; the fixed-slot version always spends dn_number
-        # queries per slot pair (documented in denoising.py); both stay at least 1.
-        assert denoising.num_groups(dn_number, max_known) == max(1, dn_number // max_known)
+    # prepare_for_cdn, restated: dn_number *= 2; >= 100: // (2 * max_known); < 1 (or 0): 1.
+    dn = dn_number * 2
+    if dn >= 100:
+        dn = dn // (2 * max_known)
+    elif dn < 1:
+        dn = 1
+    if dn == 0:
+        dn = 1
+    assert denoising.num_groups(dn_number, max_known) == dn
 
 
 def test_pad_targets_fixed_truncates_and_pads():
@@ -92,8 +93,8 @@ def test_cdn_queries_noise_and_layout():
     boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.1], [0.4, 0.6, 0.1, 0.2]]]).repeat(500, 1, 1)
     labels = torch.tensor([[1, 2]]).repeat(500, 1)
     valid = torch.tensor([[True, False]]).repeat(500, 1)
-    content, ref, groups = denoising.cdn_queries(labels, boxes, valid, 6, 0.0, 1.0, 3, enc)
-    assert groups == 3 and content.shape == (500, 12, 8) and ref.shape == (500, 12, 4)
+    content, ref, groups = denoising.cdn_queries(labels, boxes, valid, 1, 0.0, 1.0, 3, enc)
+    assert groups == 2 and content.shape == (500, 8, 8) and ref.shape == (500, 8, 4)
     view = ref.view(500, groups, 2, 2, 4)
     assert (view[:, :, :, 1] == 0).all() and (content.view(500, groups, 2, 2, 8)[:, :, :, 1] == 0).all()
     torch.testing.assert_close(content.view(500, groups, 2, 2, 8)[:, :, 0, 0], enc.weight[1].expand(500, groups, 8))
@@ -113,7 +114,7 @@ def test_cdn_queries_noise_and_layout():
     # Label noise: a fraction ratio / 2 is redrawn uniformly (so (K-1)/K of those change).
     labels = torch.ones(2000, 3, dtype=torch.int64)
     content, _, _ = denoising.cdn_queries(labels, torch.full((2000, 3, 4), 0.5), torch.ones(2000, 3, dtype=torch.bool),
-                                          3, 0.5, 0.0, 3, enc)
+                                          1, 0.5, 0.0, 3, enc)
     changed = (content - enc.weight[1]).abs().sum(-1) > 0
     assert abs(changed.float().mean().item() - 0.25 * 2 / 3) < 0.02
 

@@ -9,8 +9,8 @@ a random class. Query content is ``label_enc(label)``, the reference box is the 
 Arithmetic as in DINO's ``prepare_for_cdn`` (``models/dino/dn_components.py``), with one change
 that removes its host synchronisation: DINO sizes the groups from the batch's largest target count
 (``int(max(known_num))``, a device read, plus ``nonzero`` for the label noise); here every image
-has a fixed number ``M`` of target slots (``max_targets``), so ``G = max(1, dn_number // M)``
-(DINO's ``dn_number // max_known``) and every shape is a constant of the configuration. Slots past
+has a fixed number ``M`` of target slots (``max_targets``), so ``G`` follows DINO's rule with ``M`` for
+``max_known`` (:func:`num_groups`) and every shape is a constant of the configuration. Slots past
 an image's target count are zero queries whose outputs get no box loss, exactly DINO's padding;
 an image with more than ``M`` targets denoises its first ``M`` (the matching part still uses all).
 """
@@ -24,7 +24,13 @@ DINO_EPS = 1e-3
 
 
 def num_groups(dn_number, max_targets):
-    return max(1, dn_number // max_targets)
+    """DINO's group count with the batch's largest target count replaced by the fixed slot count:
+    ``2 * dn_number // (2 * M)`` when ``2 * dn_number >= 100`` (DINO's 100 -> 100 // M), else
+    ``2 * dn_number`` groups whatever the targets; at least 1."""
+    doubled = 2 * dn_number
+    if doubled >= 100:
+        return max(1, doubled // (2 * max_targets))
+    return max(1, doubled)
 
 
 def pad_targets_fixed(targets, max_targets, device=None, dtype=None):

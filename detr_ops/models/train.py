@@ -69,6 +69,9 @@ def parse_args(argv=None):
                    help="Group DETR (deformable_detr, dino): K query groups, each matched one-to-one; training only")
     p.add_argument("--co-head", action="store_true",
                    help="dino: Co-DETR-style ATSS head on the encoder, its positives as extra queries; training only")
+    p.add_argument("--dn-number", type=int, default=None,
+                   help="dino: DINO's dn_number (default: the preset's, 2 small / 100 original); >= 50 gives "
+                        "dn_number // max-targets denoising groups, below 50 2 x dn_number groups")
     p.add_argument("--max-targets", type=int, default=None,
                    help="dino: target slots per image for denoising and the co head (default: the dataset's "
                         "largest count); images with more keep their first ones for these branches")
