@@ -67,9 +67,10 @@ def run(name, args):
 
 
 def _at(curve, minutes):
-    """The last evaluation at or before ``minutes`` of training (None if none yet)."""
-    done = [r for r in curve if r["train_minutes"] <= minutes + 1e-9]
-    return done[-1] if done else None
+    """The first evaluation at or after ``minutes`` of training: train.py evaluates at the first
+    step past each ``--eval-every-minutes`` mark (default: the table's quarter marks)."""
+    later = [r for r in curve if r["train_minutes"] >= minutes - 1e-9]
+    return later[0] if later else None
 
 
 def table(results, budget):
