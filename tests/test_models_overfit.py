@@ -4,7 +4,9 @@ the smallest end-to-end proof that gradients reach every part and the losses are
 DINO trains on its whole loss, but the factor is checked on the terms of fixed targets: the
 denoising terms are drawn with fresh noise every step (a quarter of the noised labels are wrong
 by design), so they do not fall by a fixed factor on one batch in a few dozen steps (their
-arithmetic is tested against DINO's in test_models_dino.py)."""
+arithmetic is tested against DINO's in test_models_dino.py). The noise also makes DINO's path
+on one batch chaotic (float32 rounding alone, e.g. 1 vs 2 threads, changes it): over 8 runs
+(4 seeds x 1, 2 threads) 100 steps cut the fixed terms by 3.1x-9.8x, hence 100 steps and 2.5x."""
 import pytest
 import torch
 
@@ -21,7 +23,8 @@ def test_overfit_one_batch(name, overrides):
     images, mask, targets = batch(2)
     optimizer = torch.optim.AdamW(param_groups(model, 3e-3), lr=3e-3)
     fixed = []
-    for _ in range(50):
+    steps, factor = (100, 2.5) if name == "dino" else (50, 3)
+    for _ in range(steps):
         losses = criterion(model(images, mask, targets), targets)[0]
         loss = criterion.total(losses)
         optimizer.zero_grad()
@@ -30,4 +33,4 @@ def test_overfit_one_batch(name, overrides):
         optimizer.step()
         fixed.append(criterion.total({k: v for k, v in losses.items() if "_dn" not in k}).item())
     # The first loss is the untrained one; the last five are averaged against step noise.
-    assert sum(fixed[-5:]) / 5 < fixed[0] / 3, fixed
+    assert sum(fixed[-5:]) / 5 < fixed[0] / factor, fixed
