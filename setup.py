@@ -149,6 +149,7 @@ setup(
         "tests": ["pytest", "hypothesis", "expecttest", "scipy"],
         "benchmarks": ["pytest-benchmark", "matplotlib", "lap"],
         "models": ["pycocotools", "tqdm", "matplotlib"],
+        "onnx": ["onnx", "onnxruntime", "onnxscript"],
     },
     zip_safe=False,
 )
