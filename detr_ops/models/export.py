@@ -82,27 +82,28 @@ def node_counts(path: str) -> dict:
 
 
 def same_detections(expected, actual, atol=1e-4, box_atol=1e-3):
-    """Largest score and box differences between two sets of ``(scores, labels, boxes)`` batches,
-    pairing each detection with the one of equal label and nearest score and box (top-k order may
-    swap near-tied entries). Raises AssertionError if a detection has no counterpart."""
+    """Pairs every detection of ``actual`` with an unused one of ``expected`` that has the same
+    label, a score within ``atol`` and a box within ``box_atol`` pixels (top-k may order near-tied
+    entries differently); raises AssertionError naming the first detection without a partner.
+    Returns the largest score and box differences of the pairs."""
     (s0, l0, b0), (s1, l1, b1) = [[torch.as_tensor(x) for x in d] for d in (expected, actual)]
     if s0.shape != s1.shape or l0.shape != l1.shape or b0.shape != b1.shape:
         raise AssertionError(f"output shapes differ: {[tuple(x.shape) for x in (s0, l0, b0)]} vs "
                              f"{[tuple(x.shape) for x in (s1, l1, b1)]}")
-    max_score, max_box = 0.0, 0.0
+    worst_score, worst_box = 0.0, 0.0
     for i in range(s0.shape[0]):
-        used = torch.zeros(s0.shape[1], dtype=torch.bool)
+        free = torch.ones(s0.shape[1], dtype=torch.bool)
         for j in range(s1.shape[1]):
-            cost = (s0[i] - s1[i, j]).abs() + (b0[i] - b1[i, j]).abs().amax(-1) / 100
-            cost = torch.where((l0[i] == l1[i, j]) & ~used, cost, torch.full_like(cost, float("inf")))
-            k = int(cost.argmin())
-            ds, db = float((s0[i, k] - s1[i, j]).abs()), float((b0[i, k] - b1[i, j]).abs().max())
-            if not (torch.isfinite(cost[k]) and ds <= atol and db <= box_atol):
+            ds = (s0[i] - s1[i, j]).abs()
+            db = (b0[i] - b1[i, j]).abs().amax(-1)
+            ok = free & (l0[i] == l1[i, j]) & (ds <= atol) & (db <= box_atol)
+            if not ok.any():
                 raise AssertionError(f"image {i}: detection {j} (label {int(l1[i, j])}, score {float(s1[i, j]):.6f}, "
-                                     f"box {b1[i, j].tolist()}) has no counterpart in the PyTorch detections")
-            used[k] = True
-            max_score, max_box = max(max_score, ds), max(max_box, db)
-    return {"max_score_diff": max_score, "max_box_diff": max_box}
+                                     f"box {b1[i, j].tolist()}) has no counterpart in the expected detections")
+            k = int(torch.where(ok, ds, torch.full_like(ds, float("inf"))).argmin())
+            free[k] = False
+            worst_score, worst_box = max(worst_score, float(ds[k])), max(worst_box, float(db[k]))
+    return {"max_score_diff": worst_score, "max_box_diff": worst_box}
 
 
 def check(path: str, graph: InferenceGraph, msda: str, cases=((1, 64), (3, 96))) -> dict:

@@ -9,7 +9,7 @@ location (x, y) is the pixel (x * W - 0.5, y * H - 0.5); a point is sampled only
 floor(p) and floor(p) + 1 are weighted bilinearly and a corner off the map contributes zero.
 float16 / bfloat16 are computed in float32, as the kernels do.
 
-``ms_deform_attn_gather`` is pure index arithmetic + one Gather (no GridSample, no loop over
+``ms_deform_attn_gather`` is index arithmetic, one Gather and one batched MatMul (no GridSample, no loop over
 levels: the graph is the same size for any number of levels, and H, W stay runtime values).
 ``ms_deform_attn_grid_sample`` is one GridSample per level (Deformable DETR's own fallback).
 The TensorRT plugin node lives in :mod:`detr_ops.onnx.tensorrt`.
@@ -23,8 +23,8 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _common_dtype(value, sampling_locations, attention_weights) -> torch.dtype:
-    dtype = torch.promote_types(torch.promote_types(value.dtype, sampling_locations.dtype), attention_weights.dtype)
-    return dtype
+    """The op's dtype promotion (detr_ops.ops.ms_deform_attn promotes the three float inputs)."""
+    return torch.promote_types(torch.promote_types(value.dtype, sampling_locations.dtype), attention_weights.dtype)
 
 
 def ms_deform_attn_gather(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):

@@ -3,17 +3,19 @@
 Two entry points share one table, ``{OpOverload: decomposition}`` (:func:`decompositions`):
 
 * :func:`export_options` is a context manager that pushes a ``TorchFunctionMode``. While it is
-  active, every call of a ``torch.ops.detr_ops.*`` operator (whichever public function, module or
-  ``autograd.Function`` makes it) runs the op's decomposition instead, so ``torch.export``, the
-  ONNX exporters (dynamo and TorchScript, which trace the model under the mode) and any other
-  tracer record standard operators. In ``"tensorrt"`` mode MSDA becomes the plugin node; under
-  the TorchScript exporter the op is left in the trace and a symbolic registered for the
-  duration of the block emits the node.
+  active, every *traced* call of a ``torch.ops.detr_ops.*`` operator (whichever public function,
+  module or ``autograd.Function`` makes it) runs the op's decomposition instead, so
+  ``torch.export``, the ONNX exporters (dynamo and TorchScript, which trace the model under the
+  mode) and any other tracer record standard operators; eager calls run the native ops. In
+  ``"tensorrt"`` mode MSDA becomes the plugin node; under the TorchScript exporter the op is left
+  in the trace and a symbolic registered for the duration of the block emits the node.
 * :func:`decompositions` is the table itself, for ``ExportedProgram.run_decompositions`` on a
   program that was exported with the custom ops in it (AOTInductor, ExecuTorch).
 
 Training-only ops (the matcher's cost and the assignment solver) map to a function that raises
 :class:`TrainingOnlyOpError`: an inference graph has no use for them and no standard-operator form.
+(``detr_ops.linear_sum_assignment`` is scipy's numpy-in, numpy-out drop-in, not a torch op: no
+tracer can record it in the first place.)
 The hook reads nothing inside ``detr_ops.ops``: it names the registered ops only.
 """
 import contextlib
@@ -89,7 +91,7 @@ def decompositions(msda: str = "gather", *, tensorrt_plugin_version: str = tenso
     ``ExportedProgram.run_decompositions`` (core ATen and no detr_ops ops left).
     """
     _check_mode(msda)
-    tensorrt._check_version(tensorrt_plugin_version)
+    tensorrt.check_plugin_version(tensorrt_plugin_version)
     table = {}
     for name in _MSDA_OPS:
         op = _registered(name)
@@ -155,15 +157,15 @@ def export_options(msda: str = "gather", *, tensorrt_plugin_version: str = tenso
     :class:`TrainingOnlyOpError`.
     """
     table = decompositions(msda, tensorrt_plugin_version=tensorrt_plugin_version)
-    registered_symbolic = False
-    if msda == "tensorrt" and _registered("ms_deform_attn") is not None:
-        torch.onnx.register_custom_op_symbolic(
-            "detr_ops::ms_deform_attn", tensorrt.torchscript_symbolic(tensorrt_plugin_version), _TORCHSCRIPT_MIN_OPSET
-        )
-        registered_symbolic = True
+    symbolics = []
+    if msda == "tensorrt":
+        symbolic = tensorrt.torchscript_symbolic(tensorrt_plugin_version)
+        symbolics = [f"detr_ops::{name}" for name in _MSDA_OPS if _registered(name) is not None]
+        for name in symbolics:
+            torch.onnx.register_custom_op_symbolic(name, symbolic, _TORCHSCRIPT_MIN_OPSET)
     try:
         with _DecomposeOps(table, msda):
             yield
     finally:
-        if registered_symbolic:
-            torch.onnx.unregister_custom_op_symbolic("detr_ops::ms_deform_attn", _TORCHSCRIPT_MIN_OPSET)
+        for name in symbolics:
+            torch.onnx.unregister_custom_op_symbolic(name, _TORCHSCRIPT_MIN_OPSET)

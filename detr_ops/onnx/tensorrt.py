@@ -32,7 +32,7 @@ _PLUGIN_FLOATS = (torch.float32, torch.float16)
 _ONNX_INT32 = 6  # onnx.TensorProto.INT32 (no onnx import needed to build the graph)
 
 
-def _check_version(plugin_version: str) -> str:
+def check_plugin_version(plugin_version: str) -> str:
     if plugin_version not in PLUGIN_VERSIONS:
         raise ValueError(f"tensorrt_plugin_version must be one of {PLUGIN_VERSIONS}, got {plugin_version!r}")
     return plugin_version
@@ -43,7 +43,7 @@ def ms_deform_attn_tensorrt(value, spatial_shapes, level_start_index, sampling_l
     """One ``trt::MultiscaleDeformableAttnPlugin_TRT`` node (dynamo exporter), through
     :func:`torch.onnx.ops.symbolic`. Outside ``torch.onnx.export`` the node computes zeros: use it
     only while exporting (``export_options`` runs the native op otherwise)."""
-    _check_version(plugin_version)
+    check_plugin_version(plugin_version)
     N, _, M, D = value.shape
     Lq = sampling_locations.shape[1]
     dtype = torch.promote_types(torch.promote_types(value.dtype, sampling_locations.dtype), attention_weights.dtype)
@@ -63,7 +63,7 @@ def ms_deform_attn_tensorrt(value, spatial_shapes, level_start_index, sampling_l
 def torchscript_symbolic(plugin_version: str = DEFAULT_PLUGIN_VERSION):
     """The same node for the TorchScript exporter: a symbolic for ``detr_ops::ms_deform_attn``
     (register with ``torch.onnx.register_custom_op_symbolic``)."""
-    _check_version(plugin_version)
+    check_plugin_version(plugin_version)
 
     def symbolic(g, value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
         out = g.op(
