@@ -104,3 +104,18 @@ def test_torch_export_run_decompositions():
             expected = graph(images)
             actual = decomposed.module()(images)
         same_detections(expected, actual, atol=1e-5, box_atol=1e-4)
+
+
+def test_same_detections_pairs_reordered_ties_and_rejects_changes():
+    scores = torch.tensor([[0.9, 0.5, 0.5000001, 0.1]])
+    labels = torch.tensor([[1, 0, 2, 1]])
+    boxes = torch.arange(16, dtype=torch.float32).view(1, 4, 4)
+    order = torch.tensor([0, 2, 1, 3])  # the near-tied pair swapped, as top-k may return them
+    diffs = same_detections((scores, labels, boxes), (scores[:, order], labels[:, order], boxes[:, order]))
+    assert diffs == {"max_score_diff": 0.0, "max_box_diff": 0.0}
+    with pytest.raises(AssertionError, match="detection 1"):
+        same_detections((scores, labels, boxes), (scores, torch.tensor([[1, 2, 2, 1]]), boxes))
+    with pytest.raises(AssertionError, match="detection 3"):
+        same_detections((scores, labels, boxes), (scores, labels, boxes + torch.tensor([0, 0, 0, 0.01]).view(1, 4, 1)))
+    with pytest.raises(AssertionError, match="shapes differ"):
+        same_detections((scores, labels, boxes), (scores[:, :3], labels[:, :3], boxes[:, :3]))
