@@ -14,7 +14,7 @@ The contract, read from NVIDIA/TensorRT ``plugin/multiscaleDeformableAttnPlugin/
 * no plugin fields. TensorRT's ONNX parser imports an unknown node as the plugin named by its
   ``op_type``, at the version in the string attribute ``plugin_version`` (default "1") and the
   namespace in ``plugin_namespace`` (default ""). Version "1" is the IPluginV2DynamicExt plugin
-  (TensorRT 8.5 - 10.x, deprecated since 10.11); version "2" the IPluginV3 one (TensorRT >= 10.11).
+  (TensorRT 8.4 - 10.x, deprecated since 10.11); version "2" the IPluginV3 one (TensorRT >= 10.11).
   Its CUDA kernel samples with the same rule as detr_ops's (``h_im = loc_y * H - 0.5``, sampled
   when ``-1 < h_im < H``).
 
@@ -62,7 +62,9 @@ def ms_deform_attn_tensorrt(value, spatial_shapes, level_start_index, sampling_l
 
 def torchscript_symbolic(plugin_version: str = DEFAULT_PLUGIN_VERSION):
     """The same node for the TorchScript exporter: a symbolic for ``detr_ops::ms_deform_attn``
-    (register with ``torch.onnx.register_custom_op_symbolic``)."""
+    (register with ``torch.onnx.register_custom_op_symbolic``). The float inputs reach it in one
+    dtype (the public function promotes them) and pass through as they are: export float32 or
+    float16 models, the plugin's types."""
     check_plugin_version(plugin_version)
 
     def symbolic(g, value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
