@@ -59,7 +59,7 @@ def test_cli_exports_deformable_detr_and_matches_pytorch(tmp_path, capsys, tiny_
     assert "GridSample" not in report["nodes"] and not any("detr_ops" in k for k in report["nodes"])
 
     # Independently of the CLI's own check: another batch size and image size, in a fresh session.
-    from detr_ops.models.train import load_checkpoint
+    from detr_ops.models.build import load_checkpoint
 
     model, _ = load_checkpoint(str(ckpt))
     graph = InferenceGraph(model, True, 20).eval()
