@@ -53,8 +53,6 @@ GRID_LIMITS = (2**31 - 1, 65535, 65535)
 # like the others but do not fail the run; an entry whose specialisations all compile is reported
 # as obsolete (then delete it, and the stage enforces them again).
 KNOWN_FAILURES = {
-    ("_matching_cost_kernel", ("FOCAL=0", "BLOCK_K=0"), ""): "issue 21 item 0: the Triton matching cost with "
-    "zero classes (BLOCK_K = next_power_of_2(0) = 0: tl.arange(0, 0) in the softmax branch)",
     ("_forward_kernel", ("%16:D",), "3.6."): "Triton 3.6 (the GPU machine's) fails in TritonGPURemoveLayoutConversions "
     "on ms_deform_attn.py `tl.where(valid, off, 0)` ('arith.select' condition and result layouts differ) when the "
     "head dim D is specialised divisible by 16 (Deformable DETR's D=32 included); Triton 3.9 compiles it",
@@ -165,22 +163,24 @@ def _plan() -> Iterator[Tuple[str, Callable[[], object]]]:
                 yield (f"giou_loss_backward {short[dtype]} {fmt} K={K}",
                        lambda lg=lg, l1=l1, l2=l2, f=fmt: box_iou.giou_loss_backward(lg, l1, l2, f, 1e-7))
 
-    # Matching cost: the logits' dtype, softmax or focal class cost, and the class count, which
-    # sets BLOCK_K = next_power_of_2(K): 1 class, COCO (92 -> 128), Objects365 (365 -> 512),
-    # LVIS (1203 -> 2048), and zero classes.
+    # Matching cost: the logits' dtype, the class cost (each is a constexpr branch: softmax, focal,
+    # RF-DETR's focal_logsigmoid, DEIMv2's iou_aware; the latter two in float32 only), and the class
+    # count, which sets the block over classes: 1 class, COCO (92), Objects365 (365), LVIS (1203),
+    # and zero classes.
     for dtype in dtypes:
         for K in (0, 1, 92, 365, 1203):
             if K in (0, 1, 365) and dtype != torch.float32:
                 continue
-            for focal in (False, True):
+            kinds = matching_cost.CLASS_COSTS if dtype == torch.float32 else ("softmax", "focal")
+            for kind in kinds:
                 B, Q, T = 2, 100, 7
                 logits = torch.randn(B, Q, K, dtype=dtype)
                 pboxes, tboxes = boxes(B, Q, dtype=dtype), boxes(B, T, dtype=dtype)
                 labels = torch.randint(0, max(K, 1), (B, T))
                 num = torch.tensor([T, 3])
-                yield (f"matching_cost {short[dtype]} K={K} focal={focal}",
-                       lambda lo=logits, p=pboxes, la=labels, t=tboxes, n=num, f=focal:
-                       matching_cost.matching_cost(lo, p, la, t, n, 1.0, 5.0, 2.0, f, 0.25, 2.0))
+                yield (f"matching_cost {short[dtype]} K={K} class_cost={kind}",
+                       lambda lo=logits, p=pboxes, la=labels, t=tboxes, n=num, c=kind:
+                       matching_cost.matching_cost(lo, p, la, t, n, 1.0, 5.0, 2.0, c, 0.25, 2.0, 1.0))
 
     # Assignment: cost dtype, with or without num_rows / num_cols, maximize, and the transposed
     # (column-major) layout, which moves Triton's stride-1 specialisation to the other stride.
@@ -199,6 +199,15 @@ def _plan() -> Iterator[Tuple[str, Callable[[], object]]]:
                         yield (f"batched_linear_sum_assignment {short[dtype]} num_rows={has_rows} num_cols={has_cols} "
                                f"maximize={maximize} {layout}",
                                lambda c=cost, r=rows, k=cols, m=maximize: linear_sum_assignment.batched_linear_sum_assignment(c, r, k, m))
+    # Capacity (H-DETR's one-to-many matching): one capacity for the batch, and per-problem capacities.
+    for dtype in (torch.float32, torch.float64):
+        B, R, C = 3, 150, 7
+        cost = torch.rand(B, R, C, dtype=dtype)
+        yield (f"batched_linear_sum_assignment {short[dtype]} capacity=6",
+               lambda c=cost: linear_sum_assignment.batched_linear_sum_assignment(c, None, None, False, 6))
+        caps = torch.tensor([6, 1, 0])
+        yield (f"batched_linear_sum_assignment {short[dtype]} capacities",
+               lambda c=cost, k=caps: linear_sum_assignment.batched_linear_sum_assignment(c, None, None, False, 6, k))
 
     # MSDA: dtype, head dims that change BLOCK_D (and BLOCK_Q), a head dim that is not a multiple
     # of 16, and single-level / single-head / single-point models (Triton specialises a 1).
