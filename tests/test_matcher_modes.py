@@ -157,16 +157,10 @@ def test_unknown_mode_is_a_type_error():
         detr_ops.HungarianMatcher()(outputs, targets, group=2)
 
 
-def test_capacity_without_the_solver_argument_tiles_the_columns(monkeypatch):
-    """The fallback that tiles the cost explicitly and the solver's own capacity give one answer
-    (whichever this build has, the other is forced here)."""
-    from detr_ops.ops import capacity_assignment
-
+def test_capacity_with_images_without_targets_matches_hdetr():
+    """capacity=k through the solver's capacity argument, with an image without targets in the
+    batch: H-DETR's one-to-many loop (targets repeated k times, scipy) gives the same indices."""
     sizes, k = [4, 0, 2], 3
     outputs, targets = make_batch(sizes, Q=15, dtype=torch.float64, seed=4)
-    matcher = detr_ops.HungarianMatcher(**FOCAL)
-    first = matcher(outputs, targets, capacity=k)
-    if capacity_assignment.SOLVER_HAS_CAPACITY:
-        monkeypatch.setattr(capacity_assignment, "SOLVER_HAS_CAPACITY", False)
-        assert_same_indices(matcher(outputs, targets, capacity=k), first)
+    first = detr_ops.HungarianMatcher(**FOCAL)(outputs, targets, capacity=k)
     assert_same_indices(first, ref.hdetr_one2many_match(outputs, targets, k, **FOCAL)[1])

@@ -13,7 +13,8 @@ How one pass runs:
    rows (Group DETR). Problems of equal height from one launch are solved by one batched call; when
    a launch holds one height only, the problems are a view of its cost, no copy.
 4. **Modes.** ``capacity=k`` lets every target take ``k`` queries (H-DETR's one-to-many branch,
-   :mod:`detr_ops.ops.capacity_assignment`); ``topk_rounds=k`` solves ``k`` rounds, masking after
+   solved by the solver's ``capacity=``: scipy on the targets tiled ``k`` times, reported as the
+   original target indices); ``topk_rounds=k`` solves ``k`` rounds, masking after
    each what DEIM's ``get_top_k_matches`` masks (see :func:`_mask_like_deim`).
 
 Every mode is a Python value known before anything runs, so the whole pass has static shapes and
@@ -28,8 +29,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from detr_ops.ops import _checks
-from detr_ops.ops.capacity_assignment import assign
-from detr_ops.ops.linear_sum_assignment import BAD_SIZE, INVALID, MESSAGES
+from detr_ops.ops.linear_sum_assignment import BAD_SIZE, INVALID, MESSAGES, batched_linear_sum_assignment
 from detr_ops.ops.matching_cost import matching_cost
 
 MODE_NAMES = ("groups", "capacity", "topk_rounds", "nan_cost")
@@ -150,13 +150,12 @@ def _mask_like_deim(cost: torch.Tensor, col_for_row: torch.Tensor) -> None:
     cost.masked_fill_((masked | matched)[:, :, None], DEIM_MASK_COST)
 
 
-def _solve_bucket(cost: torch.Tensor, num_cols: torch.Tensor, capacity, max_capacity: int, rounds: int,
-                  backend: str) -> Tuple[List[torch.Tensor], torch.Tensor]:
+def _solve_bucket(cost: torch.Tensor, num_cols: torch.Tensor, capacity, rounds: int, backend: str) -> Tuple[List[torch.Tensor], torch.Tensor]:
     """Solves ``rounds`` rounds of the problems ``cost [P, R, T]`` (masking DEIM's rows between
     rounds, in place): ``([col_for_row [P, R] per round], status [P])``."""
     cols, status = [], None
     for r in range(rounds):
-        col, st = assign(cost, num_cols, capacity, max_capacity, backend)
+        col, st = batched_linear_sum_assignment(cost, None, num_cols, check=False, capacity=capacity, backend=backend)
         cols.append(col)
         status = st if status is None else torch.maximum(status, st)
         if r + 1 < rounds:
@@ -264,7 +263,7 @@ def match_many(outputs_list: Sequence[dict], padded_list: Sequence[tuple], modes
                 else:
                     capacity = torch.cat([num.new_full((B * g,), k) for g, k in zip(counts, capacities)])
             rounds = max(it.modes.topk_rounds for it in bucket)
-            cols, status = _solve_bucket(problems, num_cols, capacity, max(capacities), rounds, backend)
+            cols, status = _solve_bucket(problems, num_cols, capacity, rounds, backend)
             # 4. back to each dict's [B, Q] rows: problem (b, g) row r is query g * R + r
             offset = 0
             for it in bucket:
