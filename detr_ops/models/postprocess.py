@@ -1,10 +1,11 @@
 """Model outputs -> scored, labelled pixel boxes (DETR's and Deformable DETR's ``PostProcess``)."""
 import torch
 
+from detr_ops.ops.box_convert import box_cxcywh_to_xyxy
+
 
 def _scale_boxes(boxes, sizes):
-    cx, cy, w, h = boxes.unbind(-1)
-    xyxy = torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], -1)
+    xyxy = box_cxcywh_to_xyxy(boxes)
     img_h, img_w = sizes.unbind(1)
     return xyxy * torch.stack([img_w, img_h, img_w, img_h], 1)[:, None, :].to(xyxy.dtype)
 
