@@ -53,7 +53,7 @@ def speedup_plot(lines: List[Line], path, machine_info: Optional[dict] = None) -
 
     ops = list(dict.fromkeys(b[2] for b in bars))
     colors = {op: plt.get_cmap("tab10")(i % 10) for i, op in enumerate(ops)}
-    fig, ax = plt.subplots(figsize=(11, 0.8 + 0.32 * len(bars)))
+    fig, ax = plt.subplots(figsize=(11, 1.8 + 0.32 * len(bars)), layout="constrained")
     y = list(range(len(bars)))[::-1]  # first table line at the top
     # Bars grow from the 1x line: right for faster, left for slower (a log axis has no zero).
     for yi, (_, s, op, _, flags, _) in zip(y, bars):
@@ -79,7 +79,7 @@ def speedup_plot(lines: List[Line], path, machine_info: Optional[dict] = None) -
             ax.text(right * 1.05, yi, format_ratio(s), va="center", ha="left", fontsize=7)
         else:
             ax.text(left / 1.05, yi, format_ratio(s), va="center", ha="right", fontsize=7)
-    ax.set_xlabel("speedup of detr_ops over the baseline (baseline time / detr_ops time, log scale); "
+    ax.set_xlabel("speedup of detr_ops over the baseline (baseline time / detr_ops time, log scale);\n"
                   "whiskers: range over the quartiles")
     ax.set_title("detr_ops speedup per op and shape (right of the line: detr_ops faster)")
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors[op]) for op in ops]
@@ -88,9 +88,9 @@ def speedup_plot(lines: List[Line], path, machine_info: Optional[dict] = None) -
         handles.append(plt.Rectangle((0, 0), 1, 1, facecolor="white", edgecolor="black", hatch="//"))
         names.append(f"unreliable ({trust.MARKERS['spread']} spread > {trust.SPREAD_LIMIT:.0%} of the median, "
                      f"{trust.MARKERS['load']} other processes busy)")
-    ax.legend(handles, names, loc="best", fontsize=8)
+    # Below the axes (matplotlib >= 3.7): inside, it would cover bars when there are few of them.
+    fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 4), fontsize=8)
     ax.grid(axis="x", which="both", alpha=0.3)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return len(bars)
