@@ -73,11 +73,15 @@ build_wheel() {
   "$build_venv/bin/python" -m pip wheel -v --disable-pip-version-check --no-build-isolation --no-deps \
     -w "$work/wheelhouse" "$sdist_dir" > "$work/wheel.log" 2>&1 || { cat "$work/wheel.log"; return 1; }
   # The point of building from the same unpacked sdist: nothing compiles a second time.
-  if grep -E '^\[[0-9]+/[0-9]+\] ' "$work/wheel.log"; then
+  # (pip -v indents the build's output.)
+  if grep -E '^\s*\[[0-9]+/[0-9]+\] ' "$work/wheel.log"; then
     echo "package-check: the wheel build recompiled (lines above); it should reuse the sdist install's objects" >&2
     return 1
   fi
-  grep -E "up-to-date|up to date" "$work/wheel.log" | head -3
+  grep -E "detr_ops build: every object file is up to date" "$work/wheel.log" || {
+    echo "package-check: the wheel build did not report its objects up to date (log: $work/wheel.log)" >&2
+    return 1
+  }
   "$build_venv/bin/python" "$root/scripts/package_contents.py" wheel "$work"/wheelhouse/*.whl --tree "$work/src"
 }
 step "wheel from the same sdist (no recompile)" build_wheel
