@@ -84,7 +84,7 @@ def test_license_file_and_metadata_agree(setup_py):
 
 def test_extras_cover_what_the_tests_and_benchmarks_import():
     extras = _pyproject()["project"]["optional-dependencies"]
-    assert {"triton", "tests", "benchmarks", "models", "transformers"} <= set(extras)
+    assert {"triton", "tests", "benchmarks", "models", "transformers", "onnx"} <= set(extras)
     names = {re.split(r"[<>=!~ \[]", r)[0].lower() for r in extras["tests"]}
     assert {"pytest", "hypothesis", "expecttest", "scipy", "numpy", "matplotlib", "pycocotools", "tqdm"} <= names
     # torch is never a build requirement: build isolation would compile against a fresh download.

@@ -42,8 +42,8 @@ def encoder_output_proposals(memory, padding_mask, spatial_shapes_list):
         mask = padding_mask[:, start:start + h * w].view(n, h, w)
         valid_h = (~mask[:, :, 0]).sum(1)
         valid_w = (~mask[:, 0, :]).sum(1)
-        ys = torch.linspace(0, h - 1, h, dtype=memory.dtype, device=memory.device)
-        xs = torch.linspace(0, w - 1, w, dtype=memory.dtype, device=memory.device)
+        ys = torch.arange(h, dtype=memory.dtype, device=memory.device)  # linspace(0, h - 1, h), export-friendly
+        xs = torch.arange(w, dtype=memory.dtype, device=memory.device)
         grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
         grid = torch.stack([grid_x, grid_y], -1)
         scale = torch.stack([valid_w, valid_h], -1).view(n, 1, 1, 2).to(memory.dtype)
@@ -95,8 +95,9 @@ class DeformableTransformerEncoder(nn.Module):
         device = valid_ratios.device
         refs = []
         for lvl, (h, w) in enumerate(spatial_shapes_list):
-            ys = torch.linspace(0.5, h - 0.5, h, dtype=dtype, device=device)
-            xs = torch.linspace(0.5, w - 0.5, w, dtype=dtype, device=device)
+            # arange + 0.5 (the values of linspace(0.5, h - 0.5, h)) keeps h symbolic under torch.export.
+            ys = torch.arange(h, dtype=dtype, device=device) + 0.5
+            xs = torch.arange(w, dtype=dtype, device=device) + 0.5
             ref_y, ref_x = torch.meshgrid(ys, xs, indexing="ij")
             # Normalised by the valid (unpadded) extent of each image...
             ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, lvl, 1] * h)
@@ -255,7 +256,7 @@ class DeformableTransformer(nn.Module):
         pos_flat = torch.cat(pos_flat, 1)
         # Shapes are static Python ints from the tensors' sizes: the device tensors MSDA needs are
         # built from them, and loops use the ints, so nothing reads a device tensor back.
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src_flat.device)
+        spatial_shapes = torch.tensor(shapes, dtype=torch.long, device=src_flat.device)
         level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
         valid_ratios = torch.stack([self.get_valid_ratio(m) for m in masks], 1).to(src_flat.dtype)
 
@@ -275,8 +276,10 @@ class DeformableTransformer(nn.Module):
             query_pos, tgt = torch.split(pos_trans, c, dim=2)
         else:
             query_pos, tgt = torch.split(query_embed, c, dim=1)
-            query_pos = query_pos.unsqueeze(0).expand(bs, -1, -1)
-            tgt = tgt.unsqueeze(0).expand(bs, -1, -1)
+            # repeat, not expand: a stride-0 batch reaching nn.Linear makes torch.export's matmul
+            # decomposition (run_decompositions) specialise the batch size.
+            query_pos = query_pos.unsqueeze(0).repeat(bs, 1, 1)
+            tgt = tgt.unsqueeze(0).repeat(bs, 1, 1)
             reference_points = self.reference_points(query_pos).sigmoid()
         init_reference = reference_points
         hs, inter_references = self.decoder(tgt, reference_points, memory, spatial_shapes, level_start_index,
