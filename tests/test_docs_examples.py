@@ -19,10 +19,12 @@ this test takes). Each block is still its own test, with the file and line it st
 import ast
 import importlib.util
 import json
+import os
 import pathlib
 import re
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -125,8 +127,12 @@ def _run_all():
                 if not missing_imports(setup + code):
                     keys.append((path, line))
                     payload.append((f"{name} (setup)", setup, f"{name}:{line}", code))
-        proc = subprocess.run([sys.executable, "-c", _RUNNER], input=json.dumps(payload), capture_output=True,
-                              text=True, cwd=ROOT, timeout=TIMEOUT_S)
+        # In an empty folder (an example may write its output, like model.onnx, where it runs), with
+        # the source tree importable where detr_ops is not installed (the CUDA build check's copy).
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        with tempfile.TemporaryDirectory(prefix="detr_ops-docs-") as cwd:
+            proc = subprocess.run([sys.executable, "-c", _RUNNER], input=json.dumps(payload), capture_output=True,
+                                  text=True, cwd=cwd, env=env, timeout=TIMEOUT_S)
         head, sep, tail = proc.stdout.rpartition("@@RESULTS@@")
         if not sep:
             pytest.fail(f"the doc examples crashed the interpreter (exit {proc.returncode}):\n"
