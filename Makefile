@@ -3,19 +3,23 @@
 #   make test    the test suite: CPU/CUDA tests, then the Triton tests under the interpreter
 # Both create .venv on first use (CPU torch 2.13.0 where no torch is present), build detr_ops into
 # it and run. Other targets: bench-full, bench-compare A=... B=..., cmake-test, cuda-build-check,
-# triton-aot (every Triton kernel compiled for sm_80/sm_90), gpu-check-dry-run (scripts/gpu_check.sh rehearsed).
+# triton-aot (every Triton kernel compiled for sm_80/sm_90), gpu-check-dry-run (scripts/gpu_check.sh rehearsed),
+# package-check (sdist and wheel built, installed into fresh venvs with only torch, every op smoke-tested).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.detr_ops-env
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: bench bench-full bench-compare test cmake-test cuda-build-check triton-aot gpu-check-dry-run build clean
+.PHONY: bench bench-full bench-compare test cmake-test cuda-build-check triton-aot gpu-check-dry-run package-check build clean
 
-$(STAMP): requirements-dev.txt setup.py scripts/setup_env.sh
+# The environment (and the editable install's metadata: version, dependencies) is redone when one
+# of these changes; the extension itself is compiled once, by setup_env.sh, and then incrementally.
+$(STAMP): requirements-dev.txt setup.py pyproject.toml detr_ops/version.py scripts/setup_env.sh
 	bash scripts/setup_env.sh $(VENV)
 	touch $(STAMP)
 
-# Incremental rebuild of the extension (ninja) whenever make runs.
+# Incremental rebuild of the extension (ninja) whenever make runs: on a fresh clone the objects
+# setup_env.sh just compiled are up to date, so nothing compiles twice.
 build: $(STAMP)
 	$(PY) setup.py -q build_ext --inplace
 
@@ -42,6 +46,9 @@ cuda-build-check:
 
 triton-aot: $(STAMP)
 	bash scripts/triton_aot.sh
+
+package-check:
+	bash scripts/check_package.sh
 
 gpu-check-dry-run: $(STAMP)
 	PYTHON=$(PY) bash scripts/gpu_check.sh --dry-run build/gpu-check-dry-run

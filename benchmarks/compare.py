@@ -3,15 +3,19 @@
     python -m benchmarks.compare OLD.json NEW.json [--threshold 0.1]
 
 Rows are matched by (op, case, pass, impl, backend). ``ratio`` is new time / old time; a row is
-"faster" when the ratio is below 1 - threshold, "slower" above 1 + threshold, else "same". Rows
-found in only one file are listed after the table. Meant for two runs on the same machine (the
-machines of both files are printed): across machines the ratios say nothing about a change.
+"faster" when the ratio is below 1 - threshold, "slower" above 1 + threshold, else "same"; a
+change beyond the threshold whose two interquartile ranges overlap is "unclear" (the rounds of the
+two runs mix: the medians moved within the noise). The last column marks rows that spread or load
+make unreliable in either file (benchmarks.trust's markers). Rows found in only one file are listed
+after the table. Meant for two runs on the same machine (the machines of both files are printed):
+across machines the ratios say nothing about a change.
 """
 import argparse
 import sys
 from dataclasses import dataclass
 from typing import List, Optional
 
+from benchmarks import trust
 from benchmarks.report import machine_summary
 from benchmarks.results import Row, format_ratio, format_time, load
 
@@ -25,12 +29,23 @@ class Change:
     def ratio(self) -> float:
         return self.new.time_s / self.old.time_s if self.old.time_s > 0 else float("inf")
 
+    def overlap(self) -> bool:
+        """The two rows' interquartile ranges overlap (False when either is unknown)."""
+        o, n = self.old, self.new
+        if None in (o.q1_s, o.q3_s, n.q1_s, n.q3_s):
+            return False
+        return o.q1_s <= n.q3_s and n.q1_s <= o.q3_s
+
     def verdict(self, threshold: float) -> str:
         if self.ratio < 1 - threshold:
-            return "faster"
+            return "unclear" if self.overlap() else "faster"
         if self.ratio > 1 + threshold:
-            return "slower"
+            return "unclear" if self.overlap() else "slower"
         return "same"
+
+    def flags(self, old_machine=None, new_machine=None) -> List[str]:
+        found = set(trust.row_flags(self.old, old_machine)) | set(trust.row_flags(self.new, new_machine))
+        return [f for f in trust.MARKERS if f in found]
 
 
 def match(old_rows: List[Row], new_rows: List[Row]):
@@ -49,21 +64,26 @@ def match(old_rows: List[Row], new_rows: List[Row]):
     return changes, only_old, only_new
 
 
-def to_markdown(changes: List[Change], threshold: float, only_old=(), only_new=()) -> str:
+def to_markdown(changes: List[Change], threshold: float, only_old=(), only_new=(), old_machine=None,
+                new_machine=None) -> str:
     out = [
-        "| op | case | pass | impl | backend | old time | new time | new/old | verdict |",
-        "|---|---|---|---|---|---:|---:|---:|---|",
+        "| op | case | pass | impl | backend | old time | new time | new/old | verdict | trust |",
+        "|---|---|---|---|---|---:|---:|---:|---|---|",
     ]
     for c in changes:
         r = c.new
         out.append(
-            f"| {r.op} | {r.case} | {r.pass_} | {r.impl} | {r.backend or '—'} | {format_time(c.old.time_s)} "
-            f"| {format_time(c.new.time_s)} | {format_ratio(c.ratio)} | {c.verdict(threshold)} |"
+            f"| {r.op} | {r.case} | {r.pass_} | {r.impl} | {r.backend or '—'} | {format_time(c.old.time_s)}"
+            f"{trust.spread_text(c.old)} | {format_time(c.new.time_s)}{trust.spread_text(c.new)} "
+            f"| {format_ratio(c.ratio)} | {c.verdict(threshold)} | {trust.markers(c.flags(old_machine, new_machine))} |"
         )
-    counts = {v: sum(c.verdict(threshold) == v for c in changes) for v in ("faster", "slower", "same")}
+    counts = {v: sum(c.verdict(threshold) == v for c in changes) for v in ("faster", "slower", "same", "unclear")}
     out.append("")
-    out.append(f"{counts['faster']} faster, {counts['slower']} slower, {counts['same']} same "
-               f"(threshold {threshold:.0%} of the old time)")
+    out.append(f"{counts['faster']} faster, {counts['slower']} slower, {counts['same']} same, "
+               f"{counts['unclear']} unclear (threshold {threshold:.0%} of the old time; unclear: beyond the "
+               "threshold but the interquartile ranges overlap)")
+    out.append("")
+    out.append(trust.legend())
     for title, keys in (("Only in the old file", only_old), ("Only in the new file", only_new)):
         if keys:
             out.append(f"\n{title}:")
@@ -89,8 +109,12 @@ def main(argv: Optional[list] = None) -> int:
         if old_machine.get(key) != new_machine.get(key):
             print(f"WARNING: {key} differs ({old_machine.get(key)!r} vs {new_machine.get(key)!r}): "
                   "the two runs are not from the same machine\n")
+    for name, machine in (("old", old_machine), ("new", new_machine)):
+        summary = trust.load_summary(machine)
+        if summary:
+            print(f"{name}: {summary}")
     changes, only_old, only_new = match(old_rows, new_rows)
-    print(to_markdown(changes, args.threshold, only_old, only_new))
+    print(to_markdown(changes, args.threshold, only_old, only_new, old_machine, new_machine))
     return 0
 
 

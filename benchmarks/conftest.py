@@ -1,13 +1,24 @@
 """Records what a benchmark result depends on in pytest-benchmark's ``machine_info`` (the JSON's
 top-level ``machine_info``; ``report.py`` copies it to ``machine.json``), so that two results files
-can be judged comparable or not: library versions, the GPU, the build and the profile."""
+can be judged comparable or not: library versions, the GPU, the build and the profile; and how busy
+the machine was before and after the run (``load_before``, ``load_after``: load average, the cores
+other processes used, the busiest of them), which with each row's own ``others_cores`` says whether
+the timings can be trusted."""
 import datetime
 import os
 import platform
 
 import torch
 
+from benchmarks import machine_load
 from benchmarks.shapes import PROFILE
+
+_LOAD = {}
+
+
+def pytest_sessionstart(session):
+    # Before anything is timed; pytest-benchmark asks for machine_info only at the end of the run.
+    _LOAD["before"] = machine_load.snapshot()
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
@@ -27,6 +38,9 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["torch_num_threads"] = torch.get_num_threads()
     machine_info["profile"] = PROFILE
     machine_info["date"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    machine_info["load_before"] = _LOAD.get("before")
+    machine_info["load_after"] = machine_load.snapshot()
+    machine_info["load_share_limit"] = machine_load.LOAD_SHARE_LIMIT
 
 
 def _triton_version():

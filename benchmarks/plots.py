@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
 
+from benchmarks import trust  # noqa: E402
 from benchmarks.results import Row, format_ratio  # noqa: E402
 from benchmarks.table import Line  # noqa: E402
 
@@ -19,11 +20,22 @@ SOLVER_OP = "linear_sum_assignment"
 _SINGLE_CASE = re.compile(r"^(\d+)x(\d+)$")
 
 
-def speedup_plot(lines: List[Line], path) -> int:
+def ratio_range(baseline: Row, ours: Row):
+    """(low, high) of the speedup over the rows' quartiles (baseline q1 / ours q3 .. baseline q3 /
+    ours q1), or None when either spread is unknown."""
+    if None in (baseline.q1_s, baseline.q3_s, ours.q1_s, ours.q3_s) or ours.q1_s <= 0 or ours.q3_s <= 0:
+        return None
+    return baseline.q1_s / ours.q3_s, baseline.q3_s / ours.q1_s
+
+
+def speedup_plot(lines: List[Line], path, machine_info: Optional[dict] = None) -> int:
     """Horizontal bars, one per table line and detr_ops column, on a log axis with a line at 1x.
 
+    Each bar carries the ratio's range over the two rows' quartiles (a whisker); a ratio that spread
+    or load makes unreliable (benchmarks.trust) is hatched and pale, its label ends with the
+    table's marker, and the legend says so.
     Returns the number of bars (0: nothing to plot, no file written)."""
-    bars = []  # (label, speedup, op, column)
+    bars = []  # (label, speedup, op, column, flags, range)
     for ln in lines:
         for column in ln.ours:
             s = ln.speedup_of(column)
@@ -32,34 +44,53 @@ def speedup_plot(lines: List[Line], path) -> int:
             label = f"{ln.op} | {ln.case} | {ln.pass_} vs {ln.baseline.impl}"
             if len(ln.ours) > 1 or column != "native":
                 label += f" [{column}]"
-            bars.append((label, s, ln.op, column))
+            flags = ln.flags(machine_info, column)
+            if flags:
+                label += " " + trust.markers(flags)
+            bars.append((label, s, ln.op, column, flags, ratio_range(ln.baseline, ln.ours[column])))
     if not bars:
         return 0
 
     ops = list(dict.fromkeys(b[2] for b in bars))
     colors = {op: plt.get_cmap("tab10")(i % 10) for i, op in enumerate(ops)}
-    fig, ax = plt.subplots(figsize=(11, 0.8 + 0.32 * len(bars)))
+    fig, ax = plt.subplots(figsize=(11, 1.8 + 0.32 * len(bars)), layout="constrained")
     y = list(range(len(bars)))[::-1]  # first table line at the top
     # Bars grow from the 1x line: right for faster, left for slower (a log axis has no zero).
-    ax.barh(y, [b[1] - 1.0 for b in bars], left=1.0, color=[colors[b[2]] for b in bars], height=0.7)
+    for yi, (_, s, op, _, flags, _) in zip(y, bars):
+        ax.barh(yi, s - 1.0, left=1.0, color=colors[op], height=0.7, alpha=0.35 if flags else 1.0,
+                hatch="//" if flags else None, edgecolor="black" if flags else colors[op], linewidth=0.5)
+    for yi, b in zip(y, bars):
+        if b[5] is not None:
+            low, high = b[5]
+            ax.plot([low, high], [yi, yi], color="black", linewidth=1)
+            ax.plot([low, low], [yi - 0.15, yi + 0.15], color="black", linewidth=1)
+            ax.plot([high, high], [yi - 0.15, yi + 0.15], color="black", linewidth=1)
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_yticks(y, [b[0] for b in bars], fontsize=8)
-    values = [b[1] for b in bars]
+    values = [b[1] for b in bars] + [v for b in bars if b[5] for v in b[5]]
     # Room on both sides for the labels, and always show the 1x line.
     ax.set_xlim(min(min(values), 1.0) / 2.5, max(max(values), 1.0) * 2.5)
-    for yi, (_, s, _, _) in zip(y, bars):
+    for yi, (_, s, _, _, _, rng) in zip(y, bars):
+        right = max(s, rng[1]) if rng else s
+        left = min(s, rng[0]) if rng else s
         if s >= 1:
-            ax.text(s * 1.05, yi, format_ratio(s), va="center", ha="left", fontsize=7)
+            ax.text(right * 1.05, yi, format_ratio(s), va="center", ha="left", fontsize=7)
         else:
-            ax.text(s / 1.05, yi, format_ratio(s), va="center", ha="right", fontsize=7)
-    ax.set_xlabel("speedup of detr_ops over the baseline (baseline time / detr_ops time, log scale)")
+            ax.text(left / 1.05, yi, format_ratio(s), va="center", ha="right", fontsize=7)
+    ax.set_xlabel("speedup of detr_ops over the baseline (baseline time / detr_ops time, log scale);\n"
+                  "whiskers: range over the quartiles")
     ax.set_title("detr_ops speedup per op and shape (right of the line: detr_ops faster)")
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors[op]) for op in ops]
-    ax.legend(handles, ops, loc="best", fontsize=8)
+    names = list(ops)
+    if any(b[4] for b in bars):
+        handles.append(plt.Rectangle((0, 0), 1, 1, facecolor="white", edgecolor="black", hatch="//"))
+        names.append(f"unreliable ({trust.MARKERS['spread']} spread > {trust.SPREAD_LIMIT:.0%} of the median, "
+                     f"{trust.MARKERS['load']} other processes busy)")
+    # Below the axes (matplotlib >= 3.7): inside, it would cover bars when there are few of them.
+    fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 4), fontsize=8)
     ax.grid(axis="x", which="both", alpha=0.3)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return len(bars)

@@ -2,7 +2,9 @@
 
     python -m benchmarks.report results/DIR/benchmark.json
 
-Writes, next to the JSON: ``table.md`` (also printed), ``machine.json``, ``speedup.png`` and
+Writes, next to the JSON: ``table.md`` (also printed; times with their spread, unreliable ratios
+marked, the legend and the machine's load under the table), ``machine.json`` (with the load before
+and after the run), ``speedup.png`` (unreliable bars hatched, with the ratio's quartile range) and
 ``lsa_scaling.png`` (skipped, with a note, when the run has no solver rows).
 """
 import argparse
@@ -10,7 +12,7 @@ import json
 import os
 import sys
 
-from benchmarks import table
+from benchmarks import table, trust
 from benchmarks.results import load
 
 
@@ -38,7 +40,11 @@ def write_report(json_path, out_dir=None, plot=True, stream=None):
     rows, skipped, machine_info = load(json_path)
     lines, columns = table.build(rows)
 
-    text = f"Machine: {machine_summary(machine_info)}\n\n" + table.to_markdown(lines, columns)
+    text = f"Machine: {machine_summary(machine_info)}\n\n" + table.to_markdown(lines, columns, machine_info)
+    text += "\n" + trust.legend(machine_info) + "\n"
+    unreliable = sum(1 for ln in lines if ln.speedup is not None and ln.flags(machine_info))
+    if unreliable:
+        text += f"\n{unreliable} of {sum(ln.speedup is not None for ln in lines)} ratios are marked unreliable.\n"
     if skipped:
         text += "\nNot in the table (no op metadata; they did not time through benchmarks.timing.measure): "
         text += ", ".join(skipped) + "\n"
@@ -51,7 +57,7 @@ def write_report(json_path, out_dir=None, plot=True, stream=None):
     if plot:
         from benchmarks import plots  # matplotlib only when plotting (the GPU machine has none: --no-plots)
 
-        n = plots.speedup_plot(lines, os.path.join(out_dir, "speedup.png"))
+        n = plots.speedup_plot(lines, os.path.join(out_dir, "speedup.png"), machine_info)
         print(f"speedup.png: {n} bars" if n else "speedup.png: skipped, no case has both a baseline and detr_ops",
               file=stream)
         skip = plots.lsa_scaling_plot(rows, os.path.join(out_dir, "lsa_scaling.png"))

@@ -21,6 +21,23 @@ class Row:
     time_s: float
     peak_bytes: Optional[int] = None
     extra: dict = field(default_factory=dict, compare=False, hash=False)
+    # The spread of the timings: quartiles and extremes (None where the file does not have them),
+    # the number of rounds, and the CPU other processes used while the row was timed.
+    q1_s: Optional[float] = None
+    q3_s: Optional[float] = None
+    min_s: Optional[float] = None
+    max_s: Optional[float] = None
+    rounds: Optional[int] = None
+    others_cores: Optional[float] = None
+    cpus: Optional[int] = None
+
+    @property
+    def spread(self) -> Optional[float]:
+        """Interquartile range over the median (0.05: the middle half of the rounds lies within
+        5% of the median's value); None when unknown."""
+        if self.q1_s is None or self.q3_s is None or not self.time_s > 0:
+            return None
+        return (self.q3_s - self.q1_s) / self.time_s
 
     @property
     def group(self):
@@ -62,9 +79,30 @@ def rows_from_data(data):
                 time_s=row_time(bench),
                 peak_bytes=info.get("peak_bytes"),
                 extra=info,
+                **row_spread(bench),
+                others_cores=info.get("others_cores"),
+                cpus=info.get("cpus"),
             )
         )
     return rows, skipped
+
+
+def row_spread(bench):
+    """Quartiles, extremes and rounds of the timings the reported time is the median of: the
+    CUDA-event repetitions on a GPU, pytest-benchmark's rounds on CPU."""
+    info, stats = bench.get("extra_info", {}), bench.get("stats", {})
+    if info.get("gpu_median_s") is not None:
+        keys = {"q1_s": "gpu_q1_s", "q3_s": "gpu_q3_s", "min_s": "gpu_min_s", "max_s": "gpu_max_s"}
+        spread = {k: _float(info.get(v)) for k, v in keys.items()}
+        spread["rounds"] = None  # do_bench's repetition count is not reported; it is many
+        return spread
+    spread = {k: _float(stats.get(v)) for k, v in (("q1_s", "q1"), ("q3_s", "q3"), ("min_s", "min"), ("max_s", "max"))}
+    spread["rounds"] = stats.get("rounds")
+    return spread
+
+
+def _float(x):
+    return None if x is None else float(x)
 
 
 def row_time(bench):
@@ -95,6 +133,12 @@ def format_bytes(n):
             return f"{_sig3(value)} {unit}" if unit != "B" else f"{int(value)} B"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+def format_percent(fraction):
+    if fraction is None or not math.isfinite(fraction):
+        return "?"
+    return f"{fraction * 100:.0f}%" if fraction >= 0.01 else "<1%"
 
 
 def format_ratio(ratio):

@@ -7,7 +7,8 @@ Detects CPU or GPU (the suites pick their shapes and backends from that), runs p
 pytest-benchmark JSON to ``DIR/benchmark.json`` (default ``results/<date>-<cpu|gpu>/``, with
 ``results/latest`` pointing at it) and then the table and plots (``benchmarks/report.py``).
 Exits non-zero when pytest fails, including a detr_ops result that differs from its baseline's in
-the check each benchmark makes before timing.
+the check each benchmark makes before timing. Says so up front when other processes keep the
+machine busy: the run goes on, and the report marks the ratios the load makes unreliable.
 """
 import argparse
 import datetime
@@ -73,6 +74,17 @@ def update_latest(out_dir):
         shutil.copytree(out_dir, latest)
 
 
+def warn_if_busy():
+    from benchmarks import machine_load, trust
+
+    snap = machine_load.snapshot(sample_s=1.0)
+    if machine_load.too_busy(snap["others_cores"], snap["cpus"]):
+        print(f"WARNING: other processes are using {snap['others_cores']:.2f} of {snap['cpus']} CPUs "
+              f"({trust.load_summary({'load_before': snap})}). Timings on a busy machine are unreliable; the "
+              "report marks the ratios measured under load.", file=sys.stderr, flush=True)
+    return snap
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=["quick", "full"], default="quick")
@@ -88,6 +100,7 @@ def main(argv=None):
     env = dict(os.environ, DETR_OPS_BENCH_PROFILE=args.profile)
     cmd = pytest_command(json_path, args.profile, args.k)
     print(f"detr_ops benchmarks: profile {args.profile} on {device}, results in {out_dir}", flush=True)
+    warn_if_busy()
 
     start = time.monotonic()
     rc = subprocess.call(cmd, cwd=REPO, env=env)

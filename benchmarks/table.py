@@ -2,10 +2,13 @@
 one column per backend, and the speedup of the best detr_ops time over the baseline.
 
 Built from :class:`benchmarks.results.Row` only, so a new suite appears without changes here.
+Each time carries its spread ("4.21 ms [3%]": interquartile range over the median), and a speedup
+that spread or load makes unreliable carries a marker (:mod:`benchmarks.trust`).
 """
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
+from benchmarks import trust
 from benchmarks.results import Row, format_bytes, format_ratio, format_time
 
 
@@ -42,6 +45,11 @@ class Line:
             return None
         return self.baseline.time_s / self.ours[column].time_s
 
+    def flags(self, machine_info=None, column=None) -> List[str]:
+        """Why the speedup (of ``column``, default the best) is unreliable: [] / ["spread", "load"]."""
+        ours = self.ours.get(column) if column is not None else self.best
+        return trust.flags_of([self.baseline, ours], machine_info)
+
 
 def build(rows: List[Row]):
     """(lines, detr_ops columns) in the order the suites ran: ops in order of first appearance,
@@ -72,7 +80,7 @@ def build(rows: List[Row]):
     return lines, columns
 
 
-def to_markdown(lines: List[Line], columns: List[str]) -> str:
+def to_markdown(lines: List[Line], columns: List[str], machine_info: Optional[dict] = None) -> str:
     # Peak memory columns only where some row carries it (the suites record it where it matters).
     base_memory = any(ln.baseline and ln.baseline.peak_bytes is not None for ln in lines)
     memory_columns = [c for c in columns if any(c in ln.ours and ln.ours[c].peak_bytes is not None for ln in lines)]
@@ -85,10 +93,10 @@ def to_markdown(lines: List[Line], columns: List[str]) -> str:
             ln.case,
             ln.pass_,
             ln.baseline.impl if ln.baseline else "—",
-            format_time(ln.baseline.time_s) if ln.baseline else "—",
+            _time_cell(ln.baseline),
         ]
-        cells += [format_time(ln.ours[c].time_s) if c in ln.ours else "—" for c in columns]
-        cells.append(_speedup_cell(ln))
+        cells += [_time_cell(ln.ours.get(c)) for c in columns]
+        cells.append(_speedup_cell(ln, machine_info))
         if base_memory:
             cells.append(format_bytes(ln.baseline.peak_bytes) if ln.baseline else "—")
         cells += [format_bytes(ln.ours[c].peak_bytes) if c in ln.ours else "—" for c in memory_columns]
@@ -96,10 +104,18 @@ def to_markdown(lines: List[Line], columns: List[str]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _speedup_cell(ln: Line) -> str:
+def _time_cell(row: Optional[Row]) -> str:
+    return format_time(row.time_s) + trust.spread_text(row) if row is not None else "—"
+
+
+def _speedup_cell(ln: Line, machine_info=None) -> str:
     text = format_ratio(ln.speedup)
     # With more than one detr_ops column filled, say which one the speedup is of.
     if ln.speedup is not None and len(ln.ours) > 1:
         best_column = next(c for c, r in ln.ours.items() if r is ln.best)
         text += f" ({best_column})"
+    if ln.speedup is not None:
+        marks = trust.markers(ln.flags(machine_info))
+        if marks:
+            text += " " + marks
     return text

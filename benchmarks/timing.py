@@ -14,10 +14,18 @@ prints each detr_ops time next to its baselines, with the speedup. ``case`` is a
 Timing: on CPU, pytest-benchmark's calibrated rounds (we report the median). On a GPU, CUDA
 events through ``triton.testing.do_bench`` (warm-up, many repetitions, median), with the inputs
 rotated among several copies (:func:`rotate`) so that caches do not flatter.
+
+Trust: every row also records its spread (pytest-benchmark's quartiles, min and max on CPU; the
+CUDA-event quartiles, min and max on a GPU: ``gpu_q1_s`` ... in ``extra_info``) and how much CPU
+other processes used while it was timed (``others_cores``, see :mod:`benchmarks.machine_load`), so
+that the report can mark the ratios that spread or load make unreliable.
 """
 import itertools
+import os
 
 import torch
+
+from benchmarks import machine_load
 
 
 def measure(benchmark, fn, *, op, case, impl, role, backend="", pass_="fwd", device="cpu", **extra):
@@ -26,17 +34,25 @@ def measure(benchmark, fn, *, op, case, impl, role, backend="", pass_="fwd", dev
     benchmark.group = f"{op} | {case} | {pass_}"
     benchmark.extra_info.update(op=op, case=case, impl=impl, role=role, backend=backend, pass_=pass_, device=device)
     benchmark.extra_info.update(extra)
+    probe = machine_load.Probe().start()
     if torch.device(device).type == "cuda":
         from triton.testing import do_bench
 
-        median_ms = do_bench(fn, warmup=25, rep=200, return_mode="median")
-        benchmark.extra_info["gpu_median_s"] = median_ms / 1e3
+        # min, quartiles and max of the event-timed repetitions (triton 3.6 and 3.9 return them
+        # in this order when asked for quantiles)
+        low, q1, median_ms, q3, high = do_bench(fn, warmup=25, rep=200, quantiles=[0.0, 0.25, 0.5, 0.75, 1.0])
+        benchmark.extra_info.update(gpu_median_s=median_ms / 1e3, gpu_q1_s=q1 / 1e3, gpu_q3_s=q3 / 1e3,
+                                    gpu_min_s=low / 1e3, gpu_max_s=high / 1e3)
         # pytest-benchmark still needs a round to keep its bookkeeping; the reported time is the
         # event-timed median above.
         benchmark.pedantic(fn, rounds=1, iterations=1, warmup_rounds=0)
         torch.cuda.synchronize()
     else:
         benchmark(fn)
+    others = probe.stop()
+    benchmark.extra_info["others_cores"] = None if others is None else round(others, 3)
+    benchmark.extra_info["cpus"] = machine_load.available_cpus()
+    benchmark.extra_info["loadavg_1m"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
 def rotate(make_inputs, copies: int, device) -> "callable":

@@ -2,6 +2,11 @@
 # Creates (or updates) the virtual environment that `make test` and `make bench` run in, installs
 # what they need and builds detr_ops into it (editable install against the environment's torch).
 #
+# The extension is compiled once: `setup.py build_ext --inplace` prints its progress ([k/n] file)
+# and leaves its objects in build/temp.*; the editable install that follows (metadata, the .pth
+# file) finds them there (setup.py pins an editable build's object folder to that one) and only
+# links, and so does the `build_ext --inplace` of `make build` after it.
+#
 # Where python3 can already import torch (a GPU machine with CUDA torch), the environment sees the
 # system packages and keeps that torch; elsewhere it installs the CPU build, torch==2.13.0.
 set -euo pipefail
@@ -24,5 +29,6 @@ fi
 # lapx (a benchmark baseline) installs its module as `lap`, the name of the original lap: it goes to
 # its own folder, from which benchmarks/lap_baselines.py imports it beside lap.
 [ -d "$venv/lapx/lap" ] || "${pip[@]}" --no-deps --target "$venv/lapx" "lapx==0.11.1"
+"$venv/bin/python" setup.py build_ext --inplace
 "${pip[@]}" --no-build-isolation -e .
 "$venv/bin/python" -c "import detr_ops; print('setup_env: detr_ops', detr_ops.__version__, detr_ops.build_info())"

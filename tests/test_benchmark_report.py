@@ -130,3 +130,124 @@ def test_plots_skip_without_data(tmp_path):
     assert "no single-problem rows" in plots.lsa_scaling_plot(giou_only, tmp_path / "lsa.png")
     assert plots.speedup_plot([], tmp_path / "speedup.png") == 0
     assert not list(tmp_path.iterdir())
+
+
+# --- benchmark trust: spread, load, markers -------------------------------------------------------
+
+def _spread_bench(op, impl, role, median, q1, q3, others=None, rounds=20, backend="native", **extra):
+    b = _bench(op, "C1", "fwd", impl, role, backend if role == "detr_ops" else "", median, **extra)
+    b["stats"].update(q1=q1, q3=q3, min=q1 * 0.9, max=q3 * 1.1, rounds=rounds)
+    if others is not None:
+        b["extra_info"].update(others_cores=others, cpus=2)
+    return b
+
+
+def test_rows_carry_spread_and_load():
+    from benchmarks import trust
+
+    data = {"benchmarks": [
+        _spread_bench("giou_pairwise", "torch formula", "baseline", 0.010, 0.0099, 0.0101, others=0.1),
+        _spread_bench("giou_pairwise", "detr_ops", "detr_ops", 0.001, 0.0009, 0.0012, others=0.1),
+    ]}
+    base, ours = rows_from_data(data)[0]
+    assert base.spread == pytest.approx(0.02) and ours.spread == pytest.approx(0.3)
+    assert (base.min_s, base.max_s, base.rounds, base.others_cores, base.cpus) == (
+        pytest.approx(0.00891), pytest.approx(0.01111), 20, 0.1, 2)
+    assert trust.row_flags(base) == [] and trust.row_flags(ours) == ["spread"]
+    # GPU rows: the CUDA-event quartiles.
+    gpu = _bench("ms_deform_attn", "C1", "fwd", "detr_ops", "detr_ops", "native", 9.0, gpu_median_s=0.01,
+                 gpu_q1_s=0.0099, gpu_q3_s=0.0102, gpu_min_s=0.0098, gpu_max_s=0.02)
+    (row,), _ = rows_from_data({"benchmarks": [gpu]})
+    assert row.spread == pytest.approx(0.03) and row.max_s == 0.02 and row.rounds is None
+    # Too few rounds: no spread to judge by.
+    assert trust.row_flags(rows_from_data({"benchmarks": [
+        _spread_bench("x", "a", "baseline", 1.0, 1.0, 1.0, rounds=2)]})[0][0]) == ["spread"]
+
+
+def test_table_marks_unreliable_ratios_and_explains_them(tmp_path):
+    data = {"machine_info": {"cpu_count": 2, "load_before": {"others_cores": 0.1, "cpus": 2, "loadavg": [0.5, 0.4, 0.3],
+                                                             "busiest_others": [{"name": "cc1plus", "cores": 0.08}]},
+                             "load_after": {"others_cores": 0.2, "cpus": 2, "loadavg": [0.6, 0.4, 0.3]}},
+            "benchmarks": [
+                _spread_bench("giou_pairwise", "torch formula", "baseline", 0.010, 0.0099, 0.0101, others=0.1),
+                _spread_bench("giou_pairwise", "detr_ops", "detr_ops", 0.001, 0.00099, 0.00101, others=1.2),
+                _spread_bench("giou_loss", "torch formula", "baseline", 0.010, 0.009, 0.012, others=0.0),
+                _spread_bench("giou_loss", "detr_ops", "detr_ops", 0.002, 0.00198, 0.00202, others=0.0),
+                _spread_bench("box_iou", "torch formula", "baseline", 0.004, 0.00399, 0.00401, others=0.0),
+                _spread_bench("box_iou", "detr_ops", "detr_ops", 0.002, 0.001995, 0.002005, others=0.0),
+            ]}
+    path = tmp_path / "benchmark.json"
+    path.write_text(json.dumps(data))
+    text = report.write_report(str(path), plot=False, stream=open(tmp_path / "out.txt", "w"))
+    assert "| giou_pairwise | C1 | fwd | torch formula | 10.0 ms [2%] | 1.00 ms [2%] | 10.0x ‡ |" in text
+    assert "| giou_loss | C1 | fwd | torch formula | 10.0 ms [30%] | 2.00 ms [2%] | 5.00x † |" in text
+    assert "| box_iou | C1 | fwd | torch formula | 4.00 ms [<1%] | 2.00 ms [<1%] | 2.00x |" in text
+    assert "† spread" in text and "‡ load" in text and "2 of 3 ratios are marked unreliable" in text
+    assert "before the run: other processes used 0.10 of 2 CPUs (load average 0.5, 0.4, 0.3); busiest: cc1plus 0.08" in text
+    assert "BUSY" not in text
+    machine = json.loads((tmp_path / "machine.json").read_text())
+    assert machine["load_before"]["others_cores"] == 0.1 and machine["load_after"]["loadavg"] == [0.6, 0.4, 0.3]
+
+
+def test_rows_without_their_own_load_fall_back_to_the_machines():
+    from benchmarks import trust
+
+    rows, _ = rows_from_data(_data())
+    busy = {"load_before": {"others_cores": 1.5, "cpus": 2}, "load_after": {"others_cores": 0.1, "cpus": 2}}
+    assert trust.row_flags(rows[0], busy) == ["load"]
+    assert trust.row_flags(rows[0], {"load_before": {"others_cores": 0.1, "cpus": 2}}) == []
+    assert "BUSY" in trust.load_summary(busy)
+    lines, columns = table.build(rows)
+    md = table.to_markdown(lines, columns, busy)
+    assert "| 10.0 ms | 1.00 ms | — | — | 10.0x ‡ |" in md
+
+
+def test_compare_calls_overlapping_changes_unclear():
+    old = rows_from_data({"benchmarks": [_spread_bench("op", "detr_ops", "detr_ops", 0.010, 0.008, 0.013)]})[0]
+    clear = rows_from_data({"benchmarks": [_spread_bench("op", "detr_ops", "detr_ops", 0.005, 0.0049, 0.0051)]})[0]
+    noisy = rows_from_data({"benchmarks": [_spread_bench("op", "detr_ops", "detr_ops", 0.0085, 0.006, 0.0095)]})[0]
+    (c1,), _, _ = compare.match(old, clear)
+    (c2,), _, _ = compare.match(old, noisy)
+    assert c1.verdict(0.1) == "faster" and not c1.overlap()
+    assert c2.ratio == pytest.approx(0.85) and c2.overlap() and c2.verdict(0.1) == "unclear"
+    md = compare.to_markdown([c1, c2], 0.1)
+    assert "| 10.0 ms [50%] | 8.50 ms [41%] | 0.850x | unclear | † |" in md
+    assert "1 faster, 0 slower, 0 same, 1 unclear" in md
+
+
+def test_speedup_plot_hatches_unreliable_bars(tmp_path):
+    from benchmarks import plots
+
+    data = {"benchmarks": [
+        _spread_bench("giou_pairwise", "torch formula", "baseline", 0.010, 0.009, 0.011, others=0.0),
+        _spread_bench("giou_pairwise", "detr_ops", "detr_ops", 0.001, 0.0009, 0.0012, others=0.0),
+    ]}
+    rows, _ = rows_from_data(data)
+    lines, _ = table.build(rows)
+    assert plots.ratio_range(lines[0].baseline, lines[0].best) == (pytest.approx(0.009 / 0.0012),
+                                                                   pytest.approx(0.011 / 0.0009))
+    assert lines[0].flags() == ["spread"]
+    assert plots.speedup_plot(lines, tmp_path / "speedup.png") == 1
+    assert (tmp_path / "speedup.png").stat().st_size > 0
+
+
+def test_machine_load_arithmetic(monkeypatch):
+    from benchmarks import machine_load
+
+    busy, own = iter([100.0, 103.0]), iter([5.0, 6.0])
+    monkeypatch.setattr(machine_load, "_busy_seconds", lambda: next(busy))
+    monkeypatch.setattr(machine_load, "_own_seconds", lambda: next(own))
+    clock = iter([10.0, 12.0])
+    monkeypatch.setattr(machine_load.time, "monotonic", lambda: next(clock))
+    # 3 CPU seconds on the machine over 2 s, 1 of them ours: others used 1 core on average.
+    assert machine_load.Probe().start().stop() == pytest.approx(1.0)
+    assert machine_load.too_busy(1.0, 2) and not machine_load.too_busy(0.4, 2) and not machine_load.too_busy(None, 2)
+
+
+def test_machine_load_snapshot_is_sane():
+    from benchmarks import machine_load
+
+    snap = machine_load.snapshot(sample_s=0.2)
+    assert snap["cpus"] >= 1 and len(snap["loadavg"]) == 3
+    assert 0 <= snap["others_cores"] <= snap["cpus"] * 1.5 + 0.5  # tick granularity over 0.2 s
+    assert all({"pid", "name", "cores"} <= set(p) for p in snap["busiest_others"])

@@ -66,8 +66,8 @@ def run_setup_py(monkeypatch, **env):
     """Runs setup.py as pip would, with setuptools.setup replaced: returns its extension."""
     captured = {}
     monkeypatch.setattr(setuptools, "setup", lambda **kwargs: captured.update(kwargs))
-    for name in ("DEBUG", "FORCE_CUDA", "DETR_OPS_CPU_ONLY", "TORCH_CUDA_ARCH_LIST"):
-        monkeypatch.delenv(name, raising=False)  # also undoes setup.py's own TORCH_CUDA_ARCH_LIST
+    for name in ("DEBUG", "FORCE_CUDA", "DETR_OPS_CPU_ONLY", "TORCH_CUDA_ARCH_LIST", "MAX_JOBS"):
+        monkeypatch.delenv(name, raising=False)  # also undoes setup.py's own TORCH_CUDA_ARCH_LIST and MAX_JOBS
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.chdir(ROOT)
