@@ -237,38 +237,44 @@ def test_non_finite_coordinate_gives_nan_for_its_pairs(device, backend, dtype, f
     base1 = in_format(random_boxes(4), fmt, dtype)
     base2 = in_format(random_boxes(3), fmt, dtype)
     bad = 1 if side == 1 else 2  # index of the bad box in its tensor
-    for position in range(4):
-        for value in BAD_VALUES:
-            b1, b2 = base1.clone(), base2.clone()
-            (b1 if side == 1 else b2)[bad, position] = value
-            x, y = b1.to(device).requires_grad_(), b2.to(device).requires_grad_()
-            for generalized in (False, True):
-                out = call_pairwise(generalized, x, y, fmt, backend)
-                nan = torch.zeros(4, 3, dtype=torch.bool)
-                if side == 1:
-                    nan[bad, :] = True
-                else:
-                    nan[:, bad] = True
-                assert torch.equal(out.isnan().cpu(), nan), (position, value, generalized, out)
-                assert torch.isfinite(out[~nan.to(device)]).all()
-                w = torch.rand(4, 3, dtype=dtype, device=device) + 0.5
-                g1, g2 = torch.autograd.grad((out * w).sum(), [x, y])
-                # the bad box's gradient and those of all its partners are NaN, nothing else
-                nan1 = nan.any(dim=1)
-                nan2 = nan.any(dim=0)
-                assert torch.equal(g1.isnan().any(dim=1).cpu(), nan1) and g1[nan1.to(device)].isnan().all()
-                assert torch.equal(g2.isnan().any(dim=1).cpu(), nan2) and g2[nan2.to(device)].isnan().all()
-                assert torch.isfinite(g1[~nan1.to(device)]).all() and torch.isfinite(g2[~nan2.to(device)]).all()
-            # the loss pairs box k of boxes1 with box k of boxes2
-            l1, l2 = x[:3], y
-            loss = detr_ops.generalized_box_iou_loss(l1, l2, box_format=fmt, backend=backend)
-            expected_nan = torch.zeros(3, dtype=torch.bool)
-            expected_nan[bad] = True
-            assert torch.equal(loss.isnan().cpu(), expected_nan), (position, value, loss)
-            g1, g2 = torch.autograd.grad(loss.sum(), [x, y])
-            assert torch.equal(g1[:3].isnan().all(dim=1).cpu(), expected_nan)
-            assert torch.equal(g2.isnan().all(dim=1).cpu(), expected_nan)
-            assert torch.isfinite(g1[:3][~expected_nan.to(device)]).all()
+    if backend == "triton" and device == "cpu" and dtype in (torch.float16, torch.bfloat16):
+        pytest.skip("the interpreter is slow: float32 and float64 cover the Triton math (float16 stores: below)")
+    # every position with every value; under the (slow) Triton interpreter NaN in a first corner and
+    # an infinity in a second one (the compiled kernels' NaN rule is the same code: box_math.py)
+    cases = [(p, v) for p in range(4) for v in BAD_VALUES]
+    if backend == "triton" and device == "cpu":
+        cases = [(0, math.nan), (2, math.inf) if side == 1 else (3, -math.inf)]
+    for position, value in cases:
+        b1, b2 = base1.clone(), base2.clone()
+        (b1 if side == 1 else b2)[bad, position] = value
+        x, y = b1.to(device).requires_grad_(), b2.to(device).requires_grad_()
+        for generalized in (False, True):
+            out = call_pairwise(generalized, x, y, fmt, backend)
+            nan = torch.zeros(4, 3, dtype=torch.bool)
+            if side == 1:
+                nan[bad, :] = True
+            else:
+                nan[:, bad] = True
+            assert torch.equal(out.isnan().cpu(), nan), (position, value, generalized, out)
+            assert torch.isfinite(out[~nan.to(device)]).all()
+            w = torch.rand(4, 3, dtype=dtype, device=device) + 0.5
+            g1, g2 = torch.autograd.grad((out * w).sum(), [x, y])
+            # the bad box's gradient and those of all its partners are NaN, nothing else
+            nan1 = nan.any(dim=1)
+            nan2 = nan.any(dim=0)
+            assert torch.equal(g1.isnan().any(dim=1).cpu(), nan1) and g1[nan1.to(device)].isnan().all()
+            assert torch.equal(g2.isnan().any(dim=1).cpu(), nan2) and g2[nan2.to(device)].isnan().all()
+            assert torch.isfinite(g1[~nan1.to(device)]).all() and torch.isfinite(g2[~nan2.to(device)]).all()
+        # the loss pairs box k of boxes1 with box k of boxes2
+        l1, l2 = x[:3], y
+        loss = detr_ops.generalized_box_iou_loss(l1, l2, box_format=fmt, backend=backend)
+        expected_nan = torch.zeros(3, dtype=torch.bool)
+        expected_nan[bad] = True
+        assert torch.equal(loss.isnan().cpu(), expected_nan), (position, value, loss)
+        g1, g2 = torch.autograd.grad(loss.sum(), [x, y])
+        assert torch.equal(g1[:3].isnan().all(dim=1).cpu(), expected_nan)
+        assert torch.equal(g2.isnan().all(dim=1).cpu(), expected_nan)
+        assert torch.isfinite(g1[:3][~expected_nan.to(device)]).all()
 
 
 @device_backend_param
