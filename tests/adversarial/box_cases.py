@@ -62,6 +62,29 @@ def public_validity_float8():
     detr_ops.box_validity(torch.zeros(2, 4, dtype=torch.float8_e4m3fn))
 
 
+@case(raises=ValueError, match="boxes must be float16, bfloat16, float32, float64 or an integer dtype, got torch.float8")
+def public_convert_float8():
+    detr_ops.box_cxcywh_to_xyxy(torch.zeros(2, 4, dtype=torch.float8_e4m3fn))
+
+
+@case(raises=ValueError, match="boxes must be float16, bfloat16, float32, float64 or an integer dtype, got torch.complex")
+def public_convert_complex():
+    detr_ops.box_xyxy_to_cxcywh(torch.zeros(2, 4, dtype=torch.complex64))
+
+
+@case(raises=ValueError, match=r"boxes must have shape \[\.\.\., 4\]")
+def public_convert_wrong_last_dim():
+    detr_ops.box_xyxy_to_cxcywh(torch.zeros(2, 5))
+
+
+@case()
+def public_convert_int_and_strided():
+    x = torch.tensor([[0, 0, 4, 2]], dtype=torch.int32)
+    assert torch.equal(detr_ops.box_xyxy_to_cxcywh(x), torch.tensor([[2.0, 1.0, 4.0, 2.0]]))
+    y = torch.tensor([[2.0, 1.0, 4.0, 2.0]]).expand(3, 4)
+    assert torch.equal(detr_ops.box_cxcywh_to_xyxy(y), torch.tensor([[0.0, 0.0, 4.0, 2.0]]).expand(3, 4))
+
+
 @case(raises=ValueError, match="boxes1 must hold real box coordinates")
 def public_complex_boxes():
     detr_ops.box_iou(torch.zeros(2, 4, dtype=torch.complex64), boxes(2))
