@@ -27,11 +27,10 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from detr_ops import _backend, _extension
+from detr_ops import _backend, _box_checks, _extension
 from detr_ops._dtypes import FLOAT_DTYPES, acc_dtype
 
 NAMESPACE = "detr_ops"
-BOX_FORMATS = ("xyxy", "cxcywh")
 # matching_cost's class terms (csrc/ops/common/matching_cost.h, ClassCost)
 MATCHING_CLASS_COSTS = ("softmax", "focal", "focal_logsigmoid", "iou_aware")
 
@@ -131,54 +130,27 @@ def _check(condition, message: Callable[[], str]) -> None:
 
 
 # ---- box overlaps: pairwise_iou, giou_loss ------------------------------------------------------
-
-
-def _check_boxes(boxes1, boxes2, box_format) -> None:
-    _check(box_format in BOX_FORMATS, lambda: f"box_format must be one of {BOX_FORMATS}, got {box_format!r}")
-    for name, t in (("boxes1", boxes1), ("boxes2", boxes2)):
-        _check(t.dim() >= 1 and t.shape[-1] == 4, lambda: f"{name} must have shape [..., 4], got {tuple(t.shape)}")
-        _check(t.dtype.is_floating_point, lambda: f"{name} must be a floating tensor, got {t.dtype}")
-    _check(boxes1.dtype == boxes2.dtype, lambda: f"boxes1 and boxes2 must have the same dtype, got {boxes1.dtype} "
-           f"and {boxes2.dtype}")
-
-
-def _pairwise_shape(boxes1, boxes2):
-    _check(boxes1.dim() in (2, 3) and boxes2.dim() == boxes1.dim(),
-           lambda: f"boxes1 and boxes2 must be [N,4] and [M,4], or [B,N,4] and [B,M,4]; got {tuple(boxes1.shape)} "
-           f"and {tuple(boxes2.shape)}")
-    if boxes1.dim() == 3:
-        _check(boxes1.shape[0] == boxes2.shape[0],
-               lambda: f"boxes1 and boxes2 must have the same batch size, got {boxes1.shape[0]} and {boxes2.shape[0]}")
-    return tuple(boxes1.shape[:-1]) + (boxes2.shape[-2],)
+# The checks are _box_checks.py's, shared with the Triton launchers (as the C++ kernels share
+# csrc/ops/common/box_iou_checks.h).
 
 
 def _fake_pairwise_iou(boxes1, boxes2, box_format, generalized):
-    _check_boxes(boxes1, boxes2, box_format)
-    return boxes1.new_empty(_pairwise_shape(boxes1, boxes2))
+    return boxes1.new_empty(_box_checks.pairwise_shape(boxes1, boxes2, box_format))
 
 
 def _fake_pairwise_iou_backward(grad, boxes1, boxes2, box_format, generalized):
-    _check_boxes(boxes1, boxes2, box_format)
-    shape = _pairwise_shape(boxes1, boxes2)
-    _check(tuple(grad.shape) == shape, lambda: f"grad must have shape {list(shape)}, got {tuple(grad.shape)}")
+    _box_checks.check_grad(grad, _box_checks.pairwise_shape(boxes1, boxes2, box_format), boxes1)
     return torch.empty_like(boxes1), torch.empty_like(boxes2)
 
 
-def _check_loss_boxes(boxes1, boxes2, box_format):
-    _check_boxes(boxes1, boxes2, box_format)
-    _check(boxes1.shape == boxes2.shape,
-           lambda: f"boxes1 and boxes2 must have the same shape, got {tuple(boxes1.shape)} and {tuple(boxes2.shape)}")
-
-
 def _fake_giou_loss(boxes1, boxes2, box_format, eps):
-    _check_loss_boxes(boxes1, boxes2, box_format)
+    _box_checks.check_loss_boxes(boxes1, boxes2, box_format, eps)
     return boxes1.new_empty(boxes1.shape[:-1], dtype=acc_dtype(boxes1.dtype))
 
 
 def _fake_giou_loss_backward(grad, boxes1, boxes2, box_format, eps):
-    _check_loss_boxes(boxes1, boxes2, box_format)
-    _check(grad.shape == boxes1.shape[:-1],
-           lambda: f"grad must have shape {list(boxes1.shape[:-1])}, got {tuple(grad.shape)}")
+    _box_checks.check_loss_boxes(boxes1, boxes2, box_format, eps)
+    _box_checks.check_grad(grad, boxes1.shape[:-1], boxes1)
     return torch.empty_like(boxes1), torch.empty_like(boxes2)
 
 

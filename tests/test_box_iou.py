@@ -207,6 +207,160 @@ def test_backward_is_deterministic(device, backend):
         assert torch.equal(x, y)
 
 
+# ---- non-finite input: NaN out, never a plausible number ----------------------------------------------
+
+
+def loss_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def test_issue_reproduction_gives_nan():
+    """The reported silent wrong answer: IoU 3.0, GIoU 2.16, loss -1.16 (-1599998.25 all-NaN)."""
+    a = torch.tensor([[0.1, 0.1, float("nan"), 0.5]])
+    b = torch.tensor([[0.2, 0.2, 0.6, 0.6]])
+    assert detr_ops.box_iou(a, b).isnan().all()
+    assert detr_ops.generalized_box_iou(a, b).isnan().all()
+    assert detr_ops.generalized_box_iou_loss(a, b).isnan().all()
+    assert detr_ops.generalized_box_iou_loss(torch.full((1, 4), float("nan")), b).isnan().all()
+
+
+BAD_VALUES = [math.nan, math.inf, -math.inf]
+
+
+@device_backend_param
+@dtype_param()
+@pytest.mark.parametrize("fmt", ["xyxy", "cxcywh"])
+@pytest.mark.parametrize("side", [1, 2])
+def test_non_finite_coordinate_gives_nan_for_its_pairs(device, backend, dtype, fmt, side):
+    """A box with a NaN or +-inf number (each position, each value) gives NaN values for its pairs and
+    NaN gradients for both boxes of each of them; every other pair keeps its finite result."""
+    base1 = in_format(random_boxes(4), fmt, dtype)
+    base2 = in_format(random_boxes(3), fmt, dtype)
+    bad = 1 if side == 1 else 2  # index of the bad box in its tensor
+    if backend == "triton" and device == "cpu" and dtype in (torch.float16, torch.bfloat16):
+        pytest.skip("the interpreter is slow: float32 and float64 cover the Triton math (float16 stores: below)")
+    # every position with every value; under the (slow) Triton interpreter NaN in a first corner and
+    # an infinity in a second one (the compiled kernels' NaN rule is the same code: box_math.py)
+    cases = [(p, v) for p in range(4) for v in BAD_VALUES]
+    if backend == "triton" and device == "cpu":
+        cases = [(0, math.nan), (2, math.inf) if side == 1 else (3, -math.inf)]
+    for position, value in cases:
+        b1, b2 = base1.clone(), base2.clone()
+        (b1 if side == 1 else b2)[bad, position] = value
+        x, y = b1.to(device).requires_grad_(), b2.to(device).requires_grad_()
+        for generalized in (False, True):
+            out = call_pairwise(generalized, x, y, fmt, backend)
+            nan = torch.zeros(4, 3, dtype=torch.bool)
+            if side == 1:
+                nan[bad, :] = True
+            else:
+                nan[:, bad] = True
+            assert torch.equal(out.isnan().cpu(), nan), (position, value, generalized, out)
+            assert torch.isfinite(out[~nan.to(device)]).all()
+            w = torch.rand(4, 3, dtype=dtype, device=device) + 0.5
+            g1, g2 = torch.autograd.grad((out * w).sum(), [x, y])
+            # the bad box's gradient and those of all its partners are NaN, nothing else
+            nan1 = nan.any(dim=1)
+            nan2 = nan.any(dim=0)
+            assert torch.equal(g1.isnan().any(dim=1).cpu(), nan1) and g1[nan1.to(device)].isnan().all()
+            assert torch.equal(g2.isnan().any(dim=1).cpu(), nan2) and g2[nan2.to(device)].isnan().all()
+            assert torch.isfinite(g1[~nan1.to(device)]).all() and torch.isfinite(g2[~nan2.to(device)]).all()
+        # the loss pairs box k of boxes1 with box k of boxes2
+        l1, l2 = x[:3], y
+        loss = detr_ops.generalized_box_iou_loss(l1, l2, box_format=fmt, backend=backend)
+        expected_nan = torch.zeros(3, dtype=torch.bool)
+        expected_nan[bad] = True
+        assert torch.equal(loss.isnan().cpu(), expected_nan), (position, value, loss)
+        g1, g2 = torch.autograd.grad(loss.sum(), [x, y])
+        assert torch.equal(g1[:3].isnan().all(dim=1).cpu(), expected_nan)
+        assert torch.equal(g2.isnan().all(dim=1).cpu(), expected_nan)
+        assert torch.isfinite(g1[:3][~expected_nan.to(device)]).all()
+
+
+@device_backend_param
+@pytest.mark.parametrize("fmt", ["xyxy", "cxcywh"])
+@pytest.mark.parametrize("generalized", [True, False], ids=["giou", "iou"])
+def test_finite_pairs_unchanged_next_to_nan_pairs(device, backend, fmt, generalized):
+    """The values of the finite pairs, and the gradients of the boxes1 rows without a NaN pair, are
+    exactly those of the same call without the bad box."""
+    b1, b2 = random_boxes(5), random_boxes(4)
+    if fmt == "cxcywh":
+        b1, b2 = to_cxcywh(b1), to_cxcywh(b2)
+    with_bad = torch.cat([b1, torch.tensor([[0.1, math.nan, 0.3, 0.4]], dtype=torch.float64)])
+    x = with_bad.to(device).requires_grad_()
+    y = b1.to(device).requires_grad_()
+    out = call_pairwise(generalized, x, b2.to(device), fmt, backend)
+    expected = call_pairwise(generalized, y, b2.to(device), fmt, backend)
+    assert out[-1].isnan().all()
+    assert torch.equal(out[:-1], expected)
+    (g,) = torch.autograd.grad(out.sum(), [x])
+    (g_expected,) = torch.autograd.grad(expected.sum(), [y])
+    assert g[-1].isnan().all()
+    assert torch.equal(g[:-1], g_expected)
+
+
+@device_backend_param
+@dtype_param()
+def test_nan_upstream_gradient_gives_nan(device, backend, dtype):
+    a = random_boxes(3, dtype=dtype, device=device).requires_grad_()
+    b = random_boxes(2, dtype=dtype, device=device).requires_grad_()
+    out = detr_ops.generalized_box_iou(a, b, backend=backend)
+    w = torch.ones(3, 2, dtype=dtype, device=device)
+    w[2, 1] = math.nan
+    ga, gb = torch.autograd.grad(out, [a, b], w)
+    assert ga[2].isnan().all() and gb[1].isnan().all()
+    assert torch.isfinite(ga[:2]).all() and torch.isfinite(gb[0]).all()
+    loss = detr_ops.generalized_box_iou_loss(a[:2], b, backend=backend)
+    ga, gb = torch.autograd.grad(loss, [a, b], torch.tensor([math.inf, 1.0], dtype=loss.dtype, device=device))
+    assert ga[0].isnan().all() and gb[0].isnan().all() and torch.isfinite(gb[1]).all()
+
+
+@device_backend_param
+def test_float16_gradients_keep_nan_while_saturating(device, backend):
+    """float16 gradients beyond its range saturate at +-65504, NaN stays NaN (a clamp without NaN
+    propagation turned it into +-65504 on a GPU)."""
+    a = torch.tensor([[0, 0, 0, 0], [0, 0, math.nan, 1]], dtype=torch.float16, device=device).requires_grad_()
+    # two distinct point boxes, one above the other: d loss / d x1 = 1 / eps = 1e7
+    b = torch.tensor([[0, 1, 0, 1], [0, 0, 1, 1]], dtype=torch.float16, device=device)
+    loss = detr_ops.generalized_box_iou_loss(a, b, backend=backend)
+    (g,) = torch.autograd.grad(loss.sum(), [a])
+    assert g[1].isnan().all()
+    assert torch.isfinite(g[0]).all() and g[0].abs().max().item() == 65504
+
+
+# Overflow of an area in the computation dtype: float32 (also for float16 / bfloat16, computed in
+# float32) beyond 3.4e38. (a, b, what happens): NaN for the IoU and GIoU, or only the GIoU, whose
+# enclosing box overflows.
+OVERFLOW = [
+    pytest.param([0, 0, 1e20, 1e20], [0, 0, 1, 1], "both", id="box-area"),
+    pytest.param([0, 0, 2e19, 2e19], [0, 0, 1e19, 1e19], "both", id="box-area-true-iou-0.25"),
+    pytest.param([0, 0, 1.5e19, 1.5e19], [0, 0, 1.5e19, 1.4e19], "both", id="union-sum"),
+    pytest.param([1e20, 1e20, 1.0001e20, 1.0001e20], [0, 0, 1, 1], "giou", id="enclosing-area"),
+    pytest.param([-3e38, 0, 3e38, 1], [0, 0, 1, 1], "both", id="side"),
+]
+
+
+@device_backend_param
+@pytest.mark.parametrize("a,b,nan_in", OVERFLOW)
+def test_area_overflow_gives_nan_in_float32_and_is_exact_in_float64(device, backend, a, b, nan_in):
+    ta32 = torch.tensor([a], dtype=torch.float32, device=device).requires_grad_()
+    tb32 = torch.tensor([b], dtype=torch.float32, device=device).requires_grad_()
+    iou = detr_ops.box_iou(ta32, tb32, backend=backend)
+    giou = detr_ops.generalized_box_iou(ta32, tb32, backend=backend)
+    loss = detr_ops.generalized_box_iou_loss(ta32, tb32, backend=backend)
+    assert giou.isnan().all() and loss.isnan().all()
+    assert iou.isnan().all() == (nan_in == "both")
+    for out in (giou, loss):
+        for g in torch.autograd.grad(out.sum(), [ta32, tb32]):
+            assert g.isnan().all()
+    # float64 has the range: the textbook formula's values
+    ta64, tb64 = torch.tensor([a], dtype=torch.float64), torch.tensor([b], dtype=torch.float64)
+    torch.testing.assert_close(detr_ops.box_iou(ta64.to(device), tb64.to(device), backend=backend).cpu(),
+                               box_iou_reference(ta64, tb64))
+    torch.testing.assert_close(detr_ops.generalized_box_iou(ta64.to(device), tb64.to(device), backend=backend).cpu(),
+                               generalized_box_iou_reference(ta64, tb64))
+
+
 # ---- hypothesis: random geometry, including extreme aspect ratios ------------------------------------
 
 coordinate = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False, width=64)
@@ -228,6 +382,83 @@ def test_hypothesis_loss_cpu(pairs):
     ta = torch.tensor([p[0] for p in pairs], dtype=torch.float64)
     tb = torch.tensor([p[1] for p in pairs], dtype=torch.float64)
     torch.testing.assert_close(detr_ops.generalized_box_iou_loss(ta, tb), generalized_box_iou_loss_reference(ta, tb))
+
+
+# ---- hypothesis: any coordinates, NaN and inf included, against the float64 formulas --------------------
+
+special = st.sampled_from([math.nan, math.inf, -math.inf])
+finite = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False, width=64)
+# any four numbers: inverted and zero-size boxes, and now and then a NaN or an infinity
+any_box = st.lists(st.one_of(finite, finite, finite, finite, finite, finite, special), min_size=4, max_size=4)
+# valid boxes, zero sizes included
+side = st.one_of(st.just(0.0), st.floats(min_value=0, max_value=1e3, allow_nan=False, width=64))
+valid_box = st.tuples(finite, finite, side, side).map(lambda t: [t[0], t[1], t[0] + t[2], t[1] + t[3]])
+fuzz_box = st.one_of(valid_box, any_box)
+
+
+def check_against_formulas(ta, tb, iou, giou):
+    """The NaN rule, the ranges, and the textbook float64 formulas wherever they are defined."""
+    bad_a, bad_b = ~torch.isfinite(ta).all(dim=-1), ~torch.isfinite(tb).all(dim=-1)
+    bad = bad_a[:, None] | bad_b[None, :]
+    for out in (iou, giou):
+        assert torch.equal(out.isnan(), bad)
+    assert ((iou[~bad] >= 0) & (iou[~bad] <= 1)).all() and ((giou[~bad] >= -1) & (giou[~bad] <= 1)).all()
+    valid_a = ~bad_a & (ta[:, 2] >= ta[:, 0]) & (ta[:, 3] >= ta[:, 1])
+    valid_b = ~bad_b & (tb[:, 2] >= tb[:, 0]) & (tb[:, 3] >= tb[:, 1])
+    with torch.no_grad():
+        ref_iou, ref_giou = box_iou_reference(ta, tb), generalized_box_iou_reference(ta, tb)
+    for out, ref in ((iou, ref_iou), (giou, ref_giou)):
+        keep = valid_a[:, None] & valid_b[None, :] & torch.isfinite(ref)
+        torch.testing.assert_close(out[keep], ref[keep], rtol=1e-9, atol=1e-12)
+
+
+def check_gradient_nan_rule(ta, tb, fn, backend="auto"):
+    x, y = ta.clone().requires_grad_(), tb.clone().requires_grad_()
+    out = fn(x, y, backend=backend)
+    gx, gy = torch.autograd.grad(out.sum(), [x, y])
+    bad = out.isnan()
+    assert torch.equal(gx.isnan().any(dim=-1), bad.any(dim=1)) and torch.equal(gy.isnan().any(dim=-1), bad.any(dim=0))
+    assert torch.isfinite(gx[~bad.any(dim=1)]).all() and torch.isfinite(gy[~bad.any(dim=0)]).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(fuzz_box, min_size=1, max_size=6), st.lists(fuzz_box, min_size=1, max_size=6))
+def test_hypothesis_any_coordinates_pairwise_cpu(a, b):
+    ta, tb = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+    check_against_formulas(ta, tb, detr_ops.box_iou(ta, tb), detr_ops.generalized_box_iou(ta, tb))
+    check_gradient_nan_rule(ta, tb, detr_ops.generalized_box_iou)
+    check_gradient_nan_rule(ta, tb, detr_ops.box_iou)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(fuzz_box, fuzz_box), min_size=1, max_size=8))
+def test_hypothesis_any_coordinates_loss_cpu(pairs):
+    ta = torch.tensor([p[0] for p in pairs], dtype=torch.float64).requires_grad_()
+    tb = torch.tensor([p[1] for p in pairs], dtype=torch.float64).requires_grad_()
+    loss = detr_ops.generalized_box_iou_loss(ta, tb)
+    bad = ~(torch.isfinite(ta).all(dim=-1) & torch.isfinite(tb).all(dim=-1))
+    assert torch.equal(loss.isnan(), bad)
+    assert ((loss[~bad] >= 0) & (loss[~bad] <= 2)).all()
+    ga, gb = torch.autograd.grad(loss.sum(), [ta, tb])
+    assert torch.equal(ga.isnan().all(dim=-1), bad) and torch.equal(gb.isnan().all(dim=-1), bad)
+    assert torch.isfinite(ga[~bad]).all() and torch.isfinite(gb[~bad]).all()
+    valid = ~bad & (ta[:, 2] > ta[:, 0]) & (ta[:, 3] > ta[:, 1]) & (tb[:, 2] > tb[:, 0]) & (tb[:, 3] > tb[:, 1])
+    with torch.no_grad():
+        ref = generalized_box_iou_loss_reference(ta, tb)
+    torch.testing.assert_close(loss.detach()[valid], ref[valid], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.triton
+@settings(max_examples=15, deadline=None)
+@given(st.lists(fuzz_box, min_size=1, max_size=5), st.lists(fuzz_box, min_size=1, max_size=5))
+def test_hypothesis_any_coordinates_triton(a, b):
+    """The Triton kernels under the same rules (few examples: the interpreter is slow)."""
+    ta, tb = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+    iou = detr_ops.box_iou(ta, tb, backend="triton")
+    giou = detr_ops.generalized_box_iou(ta, tb, backend="triton")
+    check_against_formulas(ta, tb, iou, giou)
+    torch.testing.assert_close(giou, detr_ops.generalized_box_iou(ta, tb), rtol=1e-12, atol=1e-14, equal_nan=True)
+    check_gradient_nan_rule(ta, tb, detr_ops.generalized_box_iou, backend="triton")
 
 
 # ---- defined results for unusual input ---------------------------------------------------------------

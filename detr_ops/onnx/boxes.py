@@ -4,7 +4,8 @@ Same schemas as ``detr_ops::pairwise_iou(boxes1, boxes2, box_format, generalized
 ``detr_ops::giou_loss(boxes1, boxes2, box_format, eps)``, and the same formula as the kernels
 (``csrc/ops/common/box_iou.h``), guards included: every clamp, min and max is the same select
 the kernels use (``a > b ? a : b``), so degenerate and NaN boxes give the kernels' values, not
-just valid ones. float16 / bfloat16 are computed in float32; the pairwise result has the boxes'
+just valid ones: NaN for a pair with a NaN or infinite corner or an overflowing area (the
+kernels' NaN rule: ``_relu_side`` and the poison ``du - du``). float16 / bfloat16 are computed in float32; the pairwise result has the boxes'
 dtype, the loss is float32 (float64 for float64 boxes), as the ops return.
 """
 import torch
@@ -36,29 +37,37 @@ def _relu(x):
     return torch.where(x > 0, x, torch.zeros_like(x))
 
 
+def _relu_side(x):
+    """relu of a box's own width or height, NaN where it is NaN or +-inf (box_iou.h: relu_side)."""
+    zero_or_nan = x * 0
+    return torch.where(x > zero_or_nan, x, zero_or_nan)
+
+
 def _safe_ratio(num, den):
-    """``num / den`` where ``den > 0``, else 0; the division never sees a zero denominator."""
-    positive = den > 0
-    return torch.where(positive, num / torch.where(positive, den, torch.ones_like(den)), torch.zeros_like(num))
+    """``num / den`` where ``den > 0`` or NaN, else 0; the division never sees a zero denominator."""
+    guard = den <= 0  # False for NaN: a NaN denominator gives NaN, as in the kernels
+    return torch.where(guard, torch.zeros_like(num), num / torch.where(guard, torch.ones_like(den), den))
 
 
 def iou_value(a, b, eps, generalized: bool):
     """IoU (or GIoU) of corner tuples ``a``, ``b`` that broadcast against each other."""
     ax0, ay0, ax1, ay1 = a
     bx0, by0, bx1, by1 = b
-    area_a = _relu(ax1 - ax0) * _relu(ay1 - ay0)
-    area_b = _relu(bx1 - bx0) * _relu(by1 - by0)
+    area_a = _relu_side(ax1 - ax0) * _relu_side(ay1 - ay0)
+    area_b = _relu_side(bx1 - bx0) * _relu_side(by1 - by0)
     iw = _min(ax1, bx1) - _max(ax0, bx0)
     ih = _min(ay1, by1) - _max(ay0, by0)
-    inter = torch.where((iw > 0) & (ih > 0), iw * ih, torch.zeros_like(iw))
+    inter = _relu(iw) * _relu(ih)
     union = area_a + area_b - inter
-    iou = _safe_ratio(inter, union + eps)
+    du = union + eps
+    poison = du - du  # 0, or NaN where the union is NaN or overflowed to inf
+    iou = _safe_ratio(inter, du)
     if not generalized:
-        return iou
+        return iou + poison
     cw = _relu(_max(ax1, bx1) - _min(ax0, bx0))
     ch = _relu(_max(ay1, by1) - _min(ay0, by0))
     area_c = cw * ch
-    return iou - _safe_ratio(area_c - union, area_c + eps)
+    return (iou - _safe_ratio(area_c - union, area_c + eps)) + poison
 
 
 def pairwise_iou(boxes1, boxes2, box_format: str, generalized: bool):

@@ -5,7 +5,7 @@ and DETR's ``util.box_ops``: same values on valid boxes, plus
 
 * ``box_format="cxcywh"`` reads DETR's (cx, cy, w, h) boxes directly, no conversion pass;
 * batched input ``[B,N,4] x [B,M,4] -> [B,N,M]``;
-* degenerate boxes never give NaN or inf, in values or gradients:
+* degenerate but finite boxes never give NaN or inf, in values or gradients:
   a zero-area box has IoU 0 with anything; two identical zero-size boxes have IoU 0 and GIoU 0
   (loss 1); where torchvision divides 0 by 0 we return 0 for that term; a box with inverted
   corners (x1 < x0 or y1 < y0) counts as an empty box (area 0) that still widens the enclosing
@@ -13,12 +13,31 @@ and DETR's ``util.box_ops``: same values on valid boxes, plus
   exceed its range (two distinct point boxes under the loss give 1/eps) saturate at +-65504;
 * half / bfloat16 inputs are computed in float32.
 
-Integer boxes are converted to float32 (a defined result, as torchvision's loss does); bool and
-complex boxes are rejected.
+Non-finite input gives NaN, never a plausible number (a diverging model must see it), on every
+backend, in values and gradients:
+
+* a pair with a NaN or +-inf coordinate (after the cxcywh conversion) has NaN IoU, GIoU and loss,
+  and NaN gradients for both of its boxes; so in the pairwise ops a NaN box in ``boxes2`` makes the
+  gradient of every box of ``boxes1`` it is paired with NaN, as autograd through torchvision's
+  formula does. (torchvision itself returns NaN, +-inf or a finite 0 for an infinite coordinate,
+  depending on where it lands; here it is always NaN.)
+* a pair whose union or (GIoU, loss) enclosing-box area overflows the computation dtype is NaN
+  too: in float32 (also for float16 / bfloat16 input) an area beyond 3.4e38, a box about 1.8e19 or
+  more across in both directions, such as ``[0, 0, 1e20, 1e20]``, or a pair whose enclosing box is
+  (a box near ``1e20`` against one near the origin). torchvision returns NaN there too, or, for
+  the IoU, a wrong finite 0. In float64 areas overflow beyond about 1.8e308 (sides of 1.3e154).
+* a NaN or infinite upstream gradient gives NaN gradients for both boxes of its pair.
+
+Integer boxes are converted to float32 (a defined result, as torchvision's loss does); bool,
+complex and float8 boxes are rejected. ``eps`` of the loss must be a finite number >= 0.
 """
+import math
+import numbers
+
 import torch
 
 from detr_ops import _backend, _extension
+from detr_ops._dtypes import FLOAT_DTYPES
 from detr_ops.ops import _checks
 
 BOX_FORMATS = ("xyxy", "cxcywh")
@@ -31,8 +50,16 @@ def _boxes(x, name: str) -> torch.Tensor:
     if x.dim() < 1 or x.shape[-1] != 4:
         raise ValueError(f"{name} must have shape [..., 4] (one box per row), got {tuple(x.shape)}")
     if not x.is_floating_point():
-        x = x.float()
+        return x.float()
+    if x.dtype not in FLOAT_DTYPES:  # float8: no kernel computes in it
+        raise ValueError(f"{name} must be float16, bfloat16, float32, float64 or an integer dtype, got {x.dtype}")
     return x
+
+
+def _eps(eps) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    return float(eps)
 
 
 def _pair(boxes1, boxes2, box_format):
@@ -78,15 +105,16 @@ def generalized_box_iou_loss(
     empty input is 0 and still backpropagates.
     """
     _checks.one_of(reduction, REDUCTIONS, "reduction")
+    eps = _eps(eps)
     boxes1, boxes2 = _pair(boxes1, boxes2, box_format)
     if boxes1.shape != boxes2.shape:
         raise ValueError(f"boxes1 and boxes2 must have the same shape, got {tuple(boxes1.shape)} and {tuple(boxes2.shape)}")
     _extension.load()
     if _backend.resolve(backend, boxes1.device) == "triton":
         from detr_ops import _triton_twins  # noqa: F401  (defines the *_triton ops on first use)
-        loss = torch.ops.detr_ops.giou_loss_triton(boxes1, boxes2, box_format, float(eps))
+        loss = torch.ops.detr_ops.giou_loss_triton(boxes1, boxes2, box_format, eps)
     else:
-        loss = torch.ops.detr_ops.giou_loss(boxes1, boxes2, box_format, float(eps))
+        loss = torch.ops.detr_ops.giou_loss(boxes1, boxes2, box_format, eps)
     if reduction == "mean":
         return loss.mean() if loss.numel() > 0 else 0.0 * loss.sum()
     if reduction == "sum":

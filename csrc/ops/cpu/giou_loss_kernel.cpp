@@ -106,7 +106,7 @@ void unpack_pairs(const scalar_t* p1, const scalar_t* p2, int64_t k0, int64_t n,
 
 at::Tensor giou_loss_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::string_view box_format,
                          double eps) {
-  const ElementwiseArgs args = prepare_elementwise(boxes1, boxes2, box_format);
+  const ElementwiseArgs args = prepare_elementwise(boxes1, boxes2, box_format, eps);
   const int64_t K = args.K;
   const bool cxcywh = args.cxcywh;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes1.scalar_type(), "giou_loss_cpu", [&] {
@@ -130,7 +130,7 @@ at::Tensor giou_loss_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2, c10
 std::tuple<at::Tensor, at::Tensor> giou_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& boxes1,
                                                           const at::Tensor& boxes2, c10::string_view box_format,
                                                           double eps) {
-  const ElementwiseArgs args = prepare_elementwise_backward(grad, boxes1, boxes2, box_format);
+  const ElementwiseArgs args = prepare_elementwise_backward(grad, boxes1, boxes2, box_format, eps);
   const int64_t K = args.K;
   const bool cxcywh = args.cxcywh;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes1.scalar_type(), "giou_loss_backward_cpu", [&] {

@@ -46,7 +46,7 @@ __global__ void giou_loss_backward_kernel(const at::opmath_type<scalar_t>* __res
 
 at::Tensor giou_loss_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2, c10::string_view box_format,
                           double eps) {
-  const ElementwiseArgs args = prepare_elementwise(boxes1, boxes2, box_format);
+  const ElementwiseArgs args = prepare_elementwise(boxes1, boxes2, box_format, eps);
   if (args.K == 0) return args.out;
   const c10::cuda::CUDAGuard guard(boxes1.device());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes1.scalar_type(), "giou_loss_cuda", [&] {
@@ -63,7 +63,7 @@ at::Tensor giou_loss_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2, c1
 std::tuple<at::Tensor, at::Tensor> giou_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& boxes1,
                                                            const at::Tensor& boxes2, c10::string_view box_format,
                                                            double eps) {
-  const ElementwiseArgs args = prepare_elementwise_backward(grad, boxes1, boxes2, box_format);
+  const ElementwiseArgs args = prepare_elementwise_backward(grad, boxes1, boxes2, box_format, eps);
   if (args.K == 0) return {args.grad1, args.grad2};
   const c10::cuda::CUDAGuard guard(boxes1.device());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes1.scalar_type(), "giou_loss_backward_cuda", [&] {
