@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from detr_ops import ms_deform_attn
-from tests.cases import FLOAT_DTYPES, dtype_param
+from tests.cases import FLOAT_DTYPES, TOLERANCE, dtype_param
 from tests.msda_inputs import check_against_reference, make_inputs, make_points_inputs, op_and_grads
 
 
@@ -99,15 +99,16 @@ def test_bitwise_across_runs_and_block_sizes(monkeypatch, dtype):
 
 @pytest.mark.triton
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16], ids=["float64", "float32", "float16"])
-def test_grad_value_has_the_cpu_kernels_bits(dtype):
-    # Both add each row's contributions in point order, from zero, one product at a time (no FMA
-    # under the interpreter or in the CPU build), so grad_value is the same to the bit.
+def test_grad_value_matches_the_cpu_kernel(dtype):
+    # Both add each row's contributions in point order, from zero; only the rounding of a product
+    # may differ (the CPU kernel's AVX2 clone fuses multiply-adds, the interpreter does not).
     inputs = make_inputs(N=2, Lq=9, M=2, D=6, P=3, levels=[(3, 4), (2, 3), (1, 1)], dtype=dtype, low=0.0, high=1.0)
     grad_output = _grad_output(inputs)
     with deterministic():
         triton_grads = _grads(inputs, "triton", grad_output)
     cpu_grads = _grads(inputs, "native", grad_output)
-    assert torch.equal(triton_grads[0], cpu_grads[0])
+    for got, want in zip(triton_grads, cpu_grads):
+        torch.testing.assert_close(got, want, **TOLERANCE[dtype])
 
 
 @pytest.mark.triton

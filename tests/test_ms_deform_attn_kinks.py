@@ -2,6 +2,9 @@
 (restated in float64 by detr_ops.reference.ms_deform_attn_kernel2020), forward and all three
 gradients, on integer pixel coordinates and on the boundary of the sampled range; and the documented
 differences from grid_sample there (docs/ms_deform_attn.md)."""
+import math
+from fractions import Fraction
+
 import pytest
 import torch
 
@@ -143,3 +146,45 @@ def test_deformable_detr_initialisation_point():
     grid_grads = torch.autograd.grad(ms_deform_attn_pytorch(leaves[0], shapes, starts, leaves[1], leaves[2]), leaves,
                                      grad_output)
     assert grid_grads[1][..., 0].item() == pytest.approx(right.item(), rel=1e-6)
+
+
+def _fused_rounding_kinks(size, count):
+    """Normalised locations just below a pixel centre where ``loc * size - 0.5`` rounded twice (the
+    2020 kernel) and fused into one FMA land on different sides of an integer pixel coordinate."""
+    found = []
+    for i in range(size):
+        x = (i + 0.5) / size
+        for _ in range(8):
+            x = math.nextafter(x, 0.0)
+            fused = float(Fraction(x) * size - Fraction(1, 2))  # one rounding, as an FMA
+            if math.floor(x * size - 0.5) != math.floor(fused):
+                found.append(x)
+    assert len(found) >= count, (size, found)
+    return found[:count]
+
+
+@device_backend_param
+def test_no_fused_multiply_add_at_kinks(device, backend):
+    # E.g. loc = 0.8333333333333333 on W = 3: x_pix is 2.0 in the kernel's two roundings (the cell
+    # [2, 3]) but 1.9999999999999998 in one FMA (the cell [1, 2]); a compiler that contracts
+    # loc * W - 0.5 (g++ does for C++ where FMA is available) gives the other location gradient.
+    # 12 and 13 pixels: sizes with two such locations each.
+    levels = [(12, 13), (13, 12)]
+    shapes, starts, S = level_tensors(levels, device)
+    P = 2
+    locations = torch.empty(1, 2, 1, len(levels), P, 2, dtype=torch.float64)
+    for l, (H, W) in enumerate(levels):
+        xs = torch.tensor(_fused_rounding_kinks(W, P), dtype=torch.float64)
+        ys = torch.tensor(_fused_rounding_kinks(H, P), dtype=torch.float64)
+        locations[0, 0, 0, l, :, 0], locations[0, 0, 0, l, :, 1] = xs, 0.3  # x on a kink, y off
+        locations[0, 1, 0, l, :, 0], locations[0, 1, 0, l, :, 1] = 0.3, ys  # y on a kink, x off
+    g = torch.Generator().manual_seed(3)
+    value = torch.randn(1, S, 1, 4, generator=g, dtype=torch.float64)
+    weights = torch.rand(1, 2, 1, len(levels), P, generator=g, dtype=torch.float64)
+    grad_output = torch.randn(1, 2, 4, generator=g, dtype=torch.float64)
+    inputs = [t.to(device) for t in (value, shapes, starts, locations, weights)]
+    out, grads = op_and_grads(*inputs, grad_output.to(device), backend)
+    ref, ref_grads = kernel2020_and_grads(*inputs, grad_output)
+    assert_close(out, ref, torch.float64, "output")
+    for name, got, want in zip(("grad_value", "grad_sampling_locations", "grad_attention_weights"), grads, ref_grads):
+        assert_close(got, want, torch.float64, name)

@@ -48,22 +48,41 @@ DETR_HD bool sampled(T pix, int64_t size) {
   return pix > T(-1) && pix < static_cast<T>(size);
 }
 
-// a * b rounded, never fused with a following addition into one FMA (nvcc contracts a * b - c by
-// default; g++ does not in ISO C++ mode). The pixel coordinate is loc * W rounded, then - 0.5
-// rounded, as the 2020 kernel writes it (in float it cannot contract: its 0.5 is a double); at a
-// kink one rounding more or less decides on which side of an integer the coordinate falls.
+// a * b rounded, never fused with a following addition into one FMA. The pixel coordinate is
+// loc * W rounded, then - 0.5 rounded, as the 2020 kernel writes it (in float it cannot contract:
+// its 0.5 is a double); at a kink one rounding more or less decides on which side of an integer the
+// coordinate falls (loc = 0.8333333333333333 on W = 3: 2.0 rounded twice, 1.9999999999999998 fused).
+// nvcc contracts a * b - c by default, and so does g++ for C++ even in ISO mode (its ISO-mode
+// -ffp-contract=off is for C only) wherever FMA is available, as in the x86-64-v3 clones of the CPU
+// kernels. On the host an empty asm statement makes the product opaque: the compiler must
+// materialise it, rounded, before the subtraction. Elsewhere a volatile round trip does the same.
+#if defined(__GNUC__) && defined(__x86_64__)
+#define DETR_MSDA_ROUNDED(v) __asm__("" : "+x"(v))
+#elif defined(__GNUC__) && defined(__aarch64__)
+#define DETR_MSDA_ROUNDED(v) __asm__("" : "+w"(v))
+#else
+#define DETR_MSDA_ROUNDED(v) \
+  do {                        \
+    volatile auto rounded_ = (v); \
+    (v) = rounded_;           \
+  } while (0)
+#endif
 DETR_HD float mul_rn(float a, float b) {
 #if defined(__CUDA_ARCH__)
   return __fmul_rn(a, b);
 #else
-  return a * b;
+  float p = a * b;
+  DETR_MSDA_ROUNDED(p);
+  return p;
 #endif
 }
 DETR_HD double mul_rn(double a, double b) {
 #if defined(__CUDA_ARCH__)
   return __dmul_rn(a, b);
 #else
-  return a * b;
+  double p = a * b;
+  DETR_MSDA_ROUNDED(p);
+  return p;
 #endif
 }
 
