@@ -55,9 +55,6 @@ GRID_LIMITS = (2**31 - 1, 65535, 65535)
 KNOWN_FAILURES = {
     ("_matching_cost_kernel", ("FOCAL=0", "BLOCK_K=0"), ""): "issue 21 item 0: the Triton matching cost with "
     "zero classes (BLOCK_K = next_power_of_2(0) = 0: tl.arange(0, 0) in the softmax branch)",
-    ("_forward_kernel", ("%16:D",), "3.6."): "Triton 3.6 (the GPU machine's) fails in TritonGPURemoveLayoutConversions "
-    "on ms_deform_attn.py `tl.where(valid, off, 0)` ('arith.select' condition and result layouts differ) when the "
-    "head dim D is specialised divisible by 16 (Deformable DETR's D=32 included); Triton 3.9 compiles it",
 }
 
 
@@ -172,15 +169,15 @@ def _plan() -> Iterator[Tuple[str, Callable[[], object]]]:
         for K in (0, 1, 92, 365, 1203):
             if K in (0, 1, 365) and dtype != torch.float32:
                 continue
-            for focal in (False, True):
+            for class_cost in matching_cost.CLASS_COSTS:
                 B, Q, T = 2, 100, 7
                 logits = torch.randn(B, Q, K, dtype=dtype)
                 pboxes, tboxes = boxes(B, Q, dtype=dtype), boxes(B, T, dtype=dtype)
                 labels = torch.randint(0, max(K, 1), (B, T))
                 num = torch.tensor([T, 3])
-                yield (f"matching_cost {short[dtype]} K={K} focal={focal}",
-                       lambda lo=logits, p=pboxes, la=labels, t=tboxes, n=num, f=focal:
-                       matching_cost.matching_cost(lo, p, la, t, n, 1.0, 5.0, 2.0, f, 0.25, 2.0))
+                yield (f"matching_cost {short[dtype]} K={K} class_cost={class_cost}",
+                       lambda lo=logits, p=pboxes, la=labels, t=tboxes, n=num, c=class_cost:
+                       matching_cost.matching_cost(lo, p, la, t, n, 1.0, 5.0, 2.0, c, 0.25, 2.0, 1.0))
 
     # Assignment: cost dtype, with or without num_rows / num_cols, maximize, and the transposed
     # (column-major) layout, which moves Triton's stride-1 specialisation to the other stride.
@@ -224,6 +221,17 @@ def _plan() -> Iterator[Tuple[str, Callable[[], object]]]:
                 yield (f"ms_deform_attn_backward {tag} deterministic={deterministic}",
                        lambda g=grad, v=value, s=shapes, st=starts, lo=loc, a=attn, d=deterministic:
                        _deterministic(d, ms_deform_attn.ms_deform_attn_backward, g, v, s, st, lo, a))
+    # Per-level point counts (D-FINE's [3, 6, 3]): another POINT_BEGIN, the same kernels.
+    points = [3, 6, 3]
+    value, shapes, starts, _, _, grad = msda_inputs(torch.float32, levels=((13, 21), (7, 11), (4, 6)))
+    loc = torch.rand(2, 30, 8, sum(points), 2)
+    attn = torch.rand(2, 30, 8, sum(points))
+    yield ("ms_deform_attn_points fp32 num_points_list=[3, 6, 3]",
+           lambda: ms_deform_attn.ms_deform_attn_points(value, shapes, starts, loc, attn, points))
+    for deterministic in (False, True):
+        yield (f"ms_deform_attn_points_backward fp32 num_points_list=[3, 6, 3] deterministic={deterministic}",
+               lambda d=deterministic: _deterministic(d, ms_deform_attn.ms_deform_attn_points_backward, grad, value,
+                                                      shapes, starts, loc, attn, points))
 
 
 def without_extension():
