@@ -9,9 +9,15 @@ skipped when it is not installed. Each row also records the peak memory
 of one call (``peak_bytes``). Inputs look like a trained detector's: reference points uniform on
 the image, offsets of a few pixels, attention weights a softmax over each head's L*P points.
 Every detr_ops result is checked against the baseline before it is timed.
+
+Per-level point counts (``test_ms_deform_attn_points_list``, D-FINE's decoder: 3 levels with 3, 6
+and 3 points): ``detr_ops`` is the native op (``num_points_list``), next to two baselines, the
+per-level ``grid_sample`` reference and ``padded`` (every level padded to max(P) with zero weights,
+what an integration without the native op does).
 """
 import pytest
 import torch
+import torch.nn.functional as F
 
 from benchmarks import peers
 from benchmarks.shapes import DEVICE, MSDA, ON_GPU
@@ -94,3 +100,68 @@ def test_ms_deform_attn(benchmark, impl, role, backend, pass_, name, N, levels, 
     measure(benchmark, run, op=OP, case=case, impl=impl, role=role, backend="" if backend == "peer" else backend,
             pass_=pass_, device=DEVICE,
             peak_bytes=peak, shape=dict(N=N, levels=levels, Lq=Lq, M=M, D=D, P=P))
+
+
+# ---- per-level point counts -------------------------------------------------------------------------
+
+POINTS = [3, 6, 3]
+# D-FINE / RT-DETRv2 decoder: three levels, 300 queries, M=8, D=32 (640 px input on a GPU).
+POINTS_CASES = [("dfine-decoder", 2, [(80, 80), (40, 40), (20, 20)] if ON_GPU else [(40, 40), (20, 20), (10, 10)],
+                 300, 8, 32)]
+POINTS_IMPLS = [("grid_sample", "baseline", ""), ("padded", "baseline", "native"), ("detr_ops", "detr_ops", "native")]
+if ON_GPU:
+    POINTS_IMPLS.append(("detr_ops-triton", "detr_ops", "triton"))
+
+
+def _points_inputs(N, levels, Lq, M, D, dtype, device):
+    flat = _make_inputs(N, levels, Lq, M, D, max(POINTS), dtype, device)
+    value, shapes, starts, locations, weights = flat
+    # The first P_l points of each level, laid out level by level along one points axis.
+    locations = torch.cat([locations[:, :, :, l, :p] for l, p in enumerate(POINTS)], 3)
+    weights = torch.cat([weights[:, :, :, l, :p] for l, p in enumerate(POINTS)], 3)
+    return value, shapes, starts, locations, weights / weights.sum(-1, keepdim=True)
+
+
+def _padded(value, shapes, starts, locations, weights, backend):
+    """Every level padded to max(P) points of weight 0 at a location off every map."""
+    P = max(POINTS)
+    locs = [F.pad(x, (0, 0, 0, P - x.shape[3]), value=-2.0) for x in locations.split(POINTS, dim=3)]
+    ws = [F.pad(w, (0, P - w.shape[3])) for w in weights.split(POINTS, dim=3)]
+    return ms_deform_attn(value, shapes, starts, torch.stack(locs, 3), torch.stack(ws, 3), backend=backend)
+
+
+def _call_points(impl, backend, inputs):
+    if impl == "grid_sample":
+        return ms_deform_attn_pytorch(*inputs, num_points_list=POINTS)
+    if impl == "padded":
+        return _padded(*inputs, backend)
+    return ms_deform_attn(*inputs, num_points_list=POINTS, backend=backend)
+
+
+@pytest.mark.parametrize("name,N,levels,Lq,M,D", POINTS_CASES, ids=[c[0] for c in POINTS_CASES])
+@pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("impl,role,backend", POINTS_IMPLS, ids=[i[0] for i in POINTS_IMPLS])
+def test_ms_deform_attn_points_list(benchmark, impl, role, backend, pass_, name, N, levels, Lq, M, D):
+    dtype = torch.float32
+    inputs = _points_inputs(N, levels, Lq, M, D, dtype, DEVICE)
+    next_inputs = rotate(lambda: _points_inputs(N, levels, Lq, M, D, dtype, DEVICE), copies=4, device=DEVICE)
+    grad_output = torch.randn(N, Lq, M * D, device=DEVICE, dtype=dtype)
+    if impl != "grid_sample":
+        check_close(_call_points(impl, backend, inputs), _call_points("grid_sample", "", inputs),
+                    what=f"{impl} {name}", **CHECK_TOL[dtype])
+
+    if pass_ == "fwd":
+        def run():
+            with torch.no_grad():
+                return _call_points(impl, backend, next_inputs())
+    else:
+        def run():
+            value, shapes, starts, locations, weights = next_inputs()
+            leaves = [t.detach().requires_grad_() for t in (value, locations, weights)]
+            out = _call_points(impl, backend, (leaves[0], shapes, starts, leaves[1], leaves[2]))
+            return torch.autograd.grad(out, leaves, grad_output)
+
+    peak = peak_memory_bytes(run, DEVICE)
+    case = f"{name} P={POINTS} N={N} float32"
+    measure(benchmark, run, op=OP, case=case, impl=impl, role=role, backend=backend, pass_=pass_, device=DEVICE,
+            peak_bytes=peak, shape=dict(N=N, levels=levels, Lq=Lq, M=M, D=D, num_points_list=POINTS))

@@ -14,20 +14,20 @@ kernels). For each op this module, with one helper (:func:`register`):
    they hold for symbolic shapes under torch.compile / torch.export) and the output metadata;
 3. registers one autograd formula for both: the backward is its own op, ``<op>_backward`` (or
    ``<op>_backward_triton`` for the twin), called with the incoming gradient and the op's inputs;
-4. guards a backward that is not deterministic (Triton MSDA accumulates ``grad_value`` with atomics).
-   The native CUDA MSDA backward raises its own ``alertNotDeterministic`` in C++, so C++ callers get
-   it too and Python callers get it once.
+4. under ``torch.use_deterministic_algorithms(True)``, sends the backward of a native op whose CUDA
+   kernel is not deterministic (MSDA's atomic adds) to its Triton twin's backward, which is
+   deterministic in that mode, when Triton is installed; without Triton the C++ kernel raises its own
+   ``alertNotDeterministic`` (as it does for C++ callers).
 
 Imported by ``detr_ops/__init__.py``; nothing here is public API. The op table is ``OPS`` at the end.
 """
 import importlib
-import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import torch
 
-from detr_ops import _backend, _box_checks, _extension
+from detr_ops import _backend, _box_checks, _extension, _ms_deform_attn_shapes
 from detr_ops._dtypes import FLOAT_DTYPES, acc_dtype
 
 NAMESPACE = "detr_ops"
@@ -50,8 +50,9 @@ class OpSpec:
     ``{name}_backward``) launches the Triton kernels; fake: fake kernel, shared by the op and its
     twin; backward_fake: fake kernel of ``{name}_backward`` (giving it makes the op differentiable);
     grad_inputs: positions of the inputs that ``{name}_backward`` returns gradients for, in order;
-    atomic_triton_backward: the twin's backward is not deterministic (refused, or warned about,
-    under ``torch.use_deterministic_algorithms(True)``).
+    cuda_deterministic_via_triton: the native CUDA backward is not deterministic, and the twin's
+    backward is under ``torch.use_deterministic_algorithms(True)``: the native op's autograd runs the
+    twin's backward on CUDA tensors in that mode.
     """
 
     name: str
@@ -59,7 +60,7 @@ class OpSpec:
     fake: Callable
     backward_fake: Optional[Callable] = None
     grad_inputs: Sequence[int] = ()
-    atomic_triton_backward: bool = False
+    cuda_deterministic_via_triton: bool = False
 
 
 def register(spec: OpSpec, suffix: str) -> None:
@@ -72,7 +73,8 @@ def register(spec: OpSpec, suffix: str) -> None:
     torch.library.register_fake(f"{NAMESPACE}::{spec.name}{suffix}", spec.fake)
     if spec.backward_fake is not None:
         torch.library.register_fake(f"{NAMESPACE}::{spec.name}_backward{suffix}", spec.backward_fake)
-        _register_autograd(spec.name, suffix, spec.grad_inputs, atomic=bool(suffix) and spec.atomic_triton_backward)
+        _register_autograd(spec.name, suffix, spec.grad_inputs,
+                           reroute=not suffix and spec.cuda_deterministic_via_triton)
 
 
 def _define_triton_twin(op: str, triton_file: str) -> None:
@@ -86,7 +88,7 @@ def _define_triton_twin(op: str, triton_file: str) -> None:
                            f"  native: {native}\n  triton: {twin}")
 
 
-def _register_autograd(name: str, suffix: str, grad_inputs: Sequence[int], atomic: bool) -> None:
+def _register_autograd(name: str, suffix: str, grad_inputs: Sequence[int], reroute: bool) -> None:
     qualified = f"{NAMESPACE}::{name}{suffix}"
 
     def setup_context(ctx, inputs, output):
@@ -98,9 +100,7 @@ def _register_autograd(name: str, suffix: str, grad_inputs: Sequence[int], atomi
         inputs = list(ctx.inputs)
         for position, saved in zip(ctx.tensor_positions, ctx.saved_tensors):
             inputs[position] = saved
-        if atomic:
-            check_deterministic(f"{qualified}_backward", inputs[0].device)
-        grads = _op(f"{name}_backward{suffix}")(grad, *inputs)
+        grads = backward_op(name, suffix, inputs[0].device, reroute)(grad, *inputs)
         out = [None] * len(inputs)
         for position, g in zip(grad_inputs, grads):
             out[position] = g
@@ -109,20 +109,16 @@ def _register_autograd(name: str, suffix: str, grad_inputs: Sequence[int], atomi
     torch.library.register_autograd(qualified, backward, setup_context=setup_context)
 
 
-def check_deterministic(op: str, device: torch.device) -> None:
-    """Raises (or warns, in warn-only mode) when deterministic algorithms are requested for a backward
-    that accumulates with atomics."""
-    if not torch.are_deterministic_algorithms_enabled():
-        return
-    message = (
-        f"{op} on {device.type} accumulates with atomic adds and is not deterministic; it cannot run under "
-        "torch.use_deterministic_algorithms(True). Run the native op instead, or use "
-        "torch.use_deterministic_algorithms(True, warn_only=True) to accept it."
-    )
-    if torch.is_deterministic_algorithms_warn_only_enabled():
-        warnings.warn(message)
-        return
-    raise RuntimeError(message)
+def backward_op(name: str, suffix: str, device: torch.device, reroute: bool):
+    """The op that computes the backward of ``{name}{suffix}``: ``{name}_backward{suffix}``, or with
+    ``reroute`` (a native op whose CUDA backward uses atomics), on a CUDA device under
+    ``torch.use_deterministic_algorithms(True)`` with Triton installed, the twin's deterministic
+    ``{name}_backward_triton``."""
+    if reroute and device.type == "cuda" and torch.are_deterministic_algorithms_enabled() \
+            and _backend.triton_available():
+        register_triton_twins()
+        return _op(f"{name}_backward_triton")
+    return _op(f"{name}_backward{suffix}")
 
 
 def _check(condition, message: Callable[[], str]) -> None:
@@ -193,41 +189,33 @@ def _fake_batched_linear_sum_assignment(cost, num_rows, num_cols, maximize, capa
 # ---- ms_deform_attn -----------------------------------------------------------------------------
 
 
-def _check_ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
-    _check(value.dim() == 4, lambda: f"value must be [N, S, M, D], got shape {tuple(value.shape)}")
-    N, M = value.shape[0], value.shape[2]
-    _check(spatial_shapes.dim() == 2 and spatial_shapes.shape[1] == 2,
-           lambda: f"spatial_shapes must be [L, 2], got shape {tuple(spatial_shapes.shape)}")
-    L = spatial_shapes.shape[0]
-    _check(tuple(level_start_index.shape) == (L,),
-           lambda: f"level_start_index must be [L] = [{L}], got shape {tuple(level_start_index.shape)}")
-    for name, t in (("spatial_shapes", spatial_shapes), ("level_start_index", level_start_index)):
-        _check(t.dtype == torch.int64, lambda: f"{name} must be int64, got {t.dtype}")
-    loc = sampling_locations
-    _check(loc.dim() == 6 and loc.shape[0] == N and loc.shape[2] == M and loc.shape[3] == L and loc.shape[5] == 2,
-           lambda: f"sampling_locations must be [N, Lq, M, L, P, 2] = [{N}, Lq, {M}, {L}, P, 2], got shape "
-           f"{tuple(loc.shape)}")
-    _check(attention_weights.shape == loc.shape[:5],
-           lambda: f"attention_weights must be [N, Lq, M, L, P] = {list(loc.shape[:5])}, got shape "
-           f"{tuple(attention_weights.shape)}")
-    _check(value.dtype.is_floating_point and loc.dtype == value.dtype and attention_weights.dtype == value.dtype,
-           lambda: "value, sampling_locations and attention_weights must have the same floating dtype, got "
-           f"{value.dtype}, {loc.dtype}, {attention_weights.dtype}")
-
-
 def _fake_ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
-    _check_ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    _ms_deform_attn_shapes.check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     N, _, M, D = value.shape
     return value.new_empty((N, sampling_locations.shape[1], M * D))
 
 
 def _fake_ms_deform_attn_backward(grad_output, value, spatial_shapes, level_start_index, sampling_locations,
                                   attention_weights):
-    _check_ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    _ms_deform_attn_shapes.check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    _ms_deform_attn_shapes.check_grad_output(grad_output, value, sampling_locations)
+    return (value.new_empty(value.shape), sampling_locations.new_empty(sampling_locations.shape),
+            attention_weights.new_empty(attention_weights.shape))
+
+
+def _fake_ms_deform_attn_points(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                                num_points_list):
+    _ms_deform_attn_shapes.check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                                        num_points_list)
     N, _, M, D = value.shape
-    expected = (N, sampling_locations.shape[1], M * D)
-    _check(tuple(grad_output.shape) == expected,
-           lambda: f"grad_output must be [N, Lq, M*D] = {list(expected)}, got shape {tuple(grad_output.shape)}")
+    return value.new_empty((N, sampling_locations.shape[1], M * D))
+
+
+def _fake_ms_deform_attn_points_backward(grad_output, value, spatial_shapes, level_start_index, sampling_locations,
+                                         attention_weights, num_points_list):
+    _ms_deform_attn_shapes.check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                                        num_points_list)
+    _ms_deform_attn_shapes.check_grad_output(grad_output, value, sampling_locations)
     return (value.new_empty(value.shape), sampling_locations.new_empty(sampling_locations.shape),
             attention_weights.new_empty(attention_weights.shape))
 
@@ -240,7 +228,9 @@ OPS = (
     OpSpec("matching_cost", "matching_cost", _fake_matching_cost),
     OpSpec("batched_linear_sum_assignment", "linear_sum_assignment", _fake_batched_linear_sum_assignment),
     OpSpec("ms_deform_attn", "ms_deform_attn", _fake_ms_deform_attn, _fake_ms_deform_attn_backward,
-           grad_inputs=(0, 3, 4), atomic_triton_backward=True),
+           grad_inputs=(0, 3, 4), cuda_deterministic_via_triton=True),
+    OpSpec("ms_deform_attn_points", "ms_deform_attn", _fake_ms_deform_attn_points,
+           _fake_ms_deform_attn_points_backward, grad_inputs=(0, 3, 4), cuda_deterministic_via_triton=True),
 )
 
 _triton_twins_defined = False

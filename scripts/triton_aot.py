@@ -53,9 +53,6 @@ GRID_LIMITS = (2**31 - 1, 65535, 65535)
 # like the others but do not fail the run; an entry whose specialisations all compile is reported
 # as obsolete (then delete it, and the stage enforces them again).
 KNOWN_FAILURES = {
-    ("_forward_kernel", ("%16:D",), "3.6."): "Triton 3.6 (the GPU machine's) fails in TritonGPURemoveLayoutConversions "
-    "on ms_deform_attn.py `tl.where(valid, off, 0)` ('arith.select' condition and result layouts differ) when the "
-    "head dim D is specialised divisible by 16 (Deformable DETR's D=32 included); Triton 3.9 compiles it",
 }
 
 
@@ -233,6 +230,17 @@ def _plan() -> Iterator[Tuple[str, Callable[[], object]]]:
                 yield (f"ms_deform_attn_backward {tag} deterministic={deterministic}",
                        lambda g=grad, v=value, s=shapes, st=starts, lo=loc, a=attn, d=deterministic:
                        _deterministic(d, ms_deform_attn.ms_deform_attn_backward, g, v, s, st, lo, a))
+    # Per-level point counts (D-FINE's [3, 6, 3]): another POINT_BEGIN, the same kernels.
+    points = [3, 6, 3]
+    value, shapes, starts, _, _, grad = msda_inputs(torch.float32, levels=((13, 21), (7, 11), (4, 6)))
+    loc = torch.rand(2, 30, 8, sum(points), 2)
+    attn = torch.rand(2, 30, 8, sum(points))
+    yield ("ms_deform_attn_points fp32 num_points_list=[3, 6, 3]",
+           lambda: ms_deform_attn.ms_deform_attn_points(value, shapes, starts, loc, attn, points))
+    for deterministic in (False, True):
+        yield (f"ms_deform_attn_points_backward fp32 num_points_list=[3, 6, 3] deterministic={deterministic}",
+               lambda d=deterministic: _deterministic(d, ms_deform_attn.ms_deform_attn_points_backward, grad, value,
+                                                      shapes, starts, loc, attn, points))
 
 
 def without_extension():

@@ -370,9 +370,9 @@ def test_v2_discrete_method_runs_transformers_code(monkeypatch):
     assert spy.calls == 0
 
 
-def test_points_list_padding_is_exact_and_differentiable():
-    """The padding of unequal per-level point counts (weight 0, location outside every map) gives
-    the grid_sample result, and passes gradcheck in float64."""
+def test_points_list_is_exact_and_differentiable():
+    """Unequal per-level point counts go to detr_ops.ms_deform_attn natively (num_points_list, no
+    padding): the grid_sample result, and gradcheck in float64."""
     shapes, starts = _levels_tensors()
     points = [1, 3, 2]
     value, locations, weights = _msda_inputs(points, N=1, Lq=2, M=2, D=2)
@@ -386,15 +386,20 @@ def test_points_list_padding_is_exact_and_differentiable():
         _hf_msda.ms_deform_attn_points_list(value, shapes, starts, locations, weights, [1, 3, 3])
 
 
-def test_points_list_skips_padding_even_with_inf_values():
-    """A padded point is never read: inf in the value maps stays out of the result."""
+def test_points_list_passes_the_counts_to_the_op(monkeypatch):
+    """The v2 layout reaches the op as is: locations [N, Lq, M, sum(P), 2] and the counts, unpadded."""
     shapes, starts = _levels_tensors()
     value, locations, weights = _msda_inputs([1, 3, 2], N=1, Lq=2, M=2, D=2)
-    value[:, 0] = float("inf")   # the top-left pixel of level 0, nearest to a padded point's clamp
-    locations[..., 1:, :] = locations[..., 1:, :].clamp(0.5, 0.9)
-    locations[..., :1, :] = 0.7
-    out = _hf_msda.ms_deform_attn_points_list(value, shapes, starts, locations, weights, [1, 3, 2])
-    assert out.isfinite().all()
+    seen = {}
+    real = _hf_msda.ms_deform_attn
+
+    def spy(*args, **kwargs):
+        seen.update(shape=tuple(args[3].shape), num_points_list=kwargs.get("num_points_list"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_hf_msda, "ms_deform_attn", spy)
+    _hf_msda.ms_deform_attn_points_list(value, shapes, starts, locations, weights, (1, 3, 2))
+    assert seen == dict(shape=(1, 2, 2, 6, 2), num_points_list=[1, 3, 2])
 
 
 def test_entry_points_fall_back_off_the_supported_devices_and_shapes():

@@ -19,15 +19,11 @@ the original would reject with its own error, D-FINE's ``method="discrete"``), s
 outside the fast path is transformers' own.
 """
 import torch
-import torch.nn.functional as F
 
 from detr_ops.ops.ms_deform_attn import ms_deform_attn
 
 # Devices with a detr_ops MSDA kernel; anything else (mps, xpu, ...) runs transformers' code.
 _DEVICES = ("cpu", "cuda")
-# Where a padded point lands: x_im = -2 * W - 0.5 < -1 on every level, so the kernels skip it
-# entirely (no corner is read, no gradient is written), whatever the convention at the boundary.
-_OUTSIDE = -2.0
 
 
 def _representable(value, sampling_locations, attention_weights, location_dims) -> bool:
@@ -56,30 +52,11 @@ def ms_deform_attn_points_list(value, shapes, level_start_index, sampling_locati
     ``[N, Lq, M, sum(P)]`` (level-major along the points axis, as RT-DETRv2 / D-FINE lay them out)
     -> ``[N, Lq, M*D]``.
 
-    The one place that maps per-level point counts onto the op: equal counts are a view; unequal
-    ones are padded to ``max(P)`` with attention weight 0 at a location outside every map, which the
-    kernels skip, so the result and all three gradients are exact (the padding's own gradients are
-    dropped by the slicing). When ``detr_ops.ms_deform_attn`` takes ``num_points_list`` natively,
-    only this function changes.
+    The one place that maps transformers' per-level point counts onto the op, which takes them
+    natively (``num_points_list``: no padding, every level sampled with its own count).
     """
-    N, Lq, M, total, _ = sampling_locations.shape
-    L = len(num_points_list)
-    if sum(num_points_list) != total or attention_weights.shape != sampling_locations.shape[:4]:
-        raise ValueError(
-            f"sampling_locations must be [N, Lq, M, sum(num_points_list) = {sum(num_points_list)}, 2] and "
-            f"attention_weights [N, Lq, M, sum(num_points_list)], got {tuple(sampling_locations.shape)} and "
-            f"{tuple(attention_weights.shape)}"
-        )
-    P = max(num_points_list)
-    if all(p == P for p in num_points_list):
-        locations = sampling_locations.reshape(N, Lq, M, L, P, 2)
-        weights = attention_weights.reshape(N, Lq, M, L, P)
-    else:
-        loc_levels = sampling_locations.split(num_points_list, dim=3)
-        w_levels = attention_weights.split(num_points_list, dim=3)
-        locations = torch.stack([F.pad(x, (0, 0, 0, P - x.shape[3]), value=_OUTSIDE) for x in loc_levels], 3)
-        weights = torch.stack([F.pad(w, (0, P - w.shape[3]), value=0.0) for w in w_levels], 3)
-    return ms_deform_attn(value, shapes, level_start_index, locations, weights, backend=backend)
+    return ms_deform_attn(value, shapes, level_start_index, sampling_locations, attention_weights,
+                          num_points_list=list(num_points_list), backend=backend)
 
 
 class Adapters:

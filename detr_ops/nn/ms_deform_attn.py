@@ -75,6 +75,14 @@ class MSDeformAttn(nn.Module):
         N, Lq, _ = query.shape
         _, S, _ = input_flatten.shape
         M, L, P = self.n_heads, self.n_levels, self.n_points
+        # The offsets and weights are laid out for n_levels levels: another number of levels would
+        # otherwise surface as a broadcasting error deep inside the location arithmetic.
+        if len(input_spatial_shapes) != L:
+            raise ValueError(f"input_spatial_shapes has {len(input_spatial_shapes)} levels but this MSDeformAttn was "
+                             f"built with n_levels={L}")
+        if reference_points.dim() != 4 or reference_points.shape[2] != L:
+            raise ValueError(f"reference_points must be [N, Lq, n_levels={L}, 2 or 4], got shape "
+                             f"{tuple(reference_points.shape)}")
         value = self.value_proj(input_flatten)
         if input_padding_mask is not None:
             value = value.masked_fill(input_padding_mask[..., None], 0.0)

@@ -9,6 +9,9 @@
 // Forward: tasks are chunks of (batch x query); each query accumulates its M*D outputs in a
 // private buffer of the accumulation type.
 //
+// The K sampling points of each (n, q, m) are consecutive, level by level (Points: P per level for
+// ms_deform_attn, num_points_list[l] for ms_deform_attn_points); both ops run the same loops.
+//
 // Backward: see ms_deform_attn_backward_cpu.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -35,14 +38,17 @@ struct Levels {
   std::vector<int64_t> H, W, start;
   std::vector<bool> ok;
   bool tiled;  // the levels are disjoint and cover value's S rows in order (what Python validates)
+  Points points;
 };
 
-Levels read_levels(const at::Tensor& spatial_shapes, const at::Tensor& level_start_index, int64_t S) {
+Levels read_levels(const at::Tensor& spatial_shapes, const at::Tensor& level_start_index, int64_t S,
+                   Points points) {
   const at::Tensor shapes = spatial_shapes.contiguous(), starts = level_start_index.contiguous();
   const int64_t L = shapes.size(0);
   const int64_t* ps = shapes.const_data_ptr<int64_t>();
   const int64_t* pl = starts.const_data_ptr<int64_t>();
-  Levels lv{std::vector<int64_t>(L), std::vector<int64_t>(L), std::vector<int64_t>(L), std::vector<bool>(L), true};
+  Levels lv{std::vector<int64_t>(L), std::vector<int64_t>(L), std::vector<int64_t>(L), std::vector<bool>(L), true,
+            std::move(points)};
   int64_t next = 0;
   for (int64_t l = 0; l < L; ++l) {
     lv.H[l] = ps[2 * l];
@@ -50,7 +56,7 @@ Levels read_levels(const at::Tensor& spatial_shapes, const at::Tensor& level_sta
     lv.start[l] = pl[l];
     lv.ok[l] = level_in_bounds(lv.start[l], lv.H[l], lv.W[l], S);
     lv.tiled = lv.tiled && lv.ok[l] && lv.start[l] == next;
-    if (lv.ok[l]) next = lv.start[l] + lv.H[l] * lv.W[l];
+    if (lv.ok[l]) next = lv.start[l] + lv.H[l] * lv.W[l];  // <= S: the level is in bounds
   }
   lv.tiled = lv.tiled && next == S;
   return lv;
@@ -84,12 +90,11 @@ DETR_CPU_CLONES void forward_queries(const Sizes& s, const Levels& lv, const sca
     const int64_t n = nq / s.Lq;
     for (int64_t m = 0; m < s.M; ++m) {
       std::fill(acc, acc + D, acc_t(0));
-      const int64_t point0 = (nq * s.M + m) * s.L * s.P;  // index of (n, q, m, l=0, p=0)
+      const int64_t point0 = (nq * s.M + m) * s.K;  // index of (n, q, m, point 0)
       for (int64_t l = 0; l < s.L; ++l) {
         if (!lv.ok[l]) continue;
         const scalar_t* base = pv + ((n * s.S + lv.start[l]) * s.M + m) * D;
-        for (int64_t p = 0; p < s.P; ++p) {
-          const int64_t k = point0 + l * s.P + p;
+        for (int64_t k = point0 + lv.points.begin[l]; k < point0 + lv.points.begin[l + 1]; ++k) {
           const Bilinear<acc_t> b = bilinear<acc_t>(ploc[2 * k], ploc[2 * k + 1], lv.H[l], lv.W[l]);
           if (b.any) sample_point<kD>(acc, base, MD, b, static_cast<acc_t>(pa[k]), D);
         }
@@ -155,17 +160,17 @@ DETR_CPU_CLONES void backward_task(const Sizes& s, const Levels& lv, const std::
     const scalar_t* gq = pg + ((n * s.Lq + q) * s.M + m) * D;
     for (int64_t d = 0; d < D; ++d) grad[d] = static_cast<acc_t>(gq[d]);
     for (int64_t l = l_begin; l < l_end; ++l) {
-      const int64_t point0 = (((n * s.Lq + q) * s.M + m) * s.L + l) * s.P;
+      const int64_t point0 = ((n * s.Lq + q) * s.M + m) * s.K + lv.points.begin[l];  // the level's first point
+      const int64_t count = lv.points.count(l);
       if (!lv.ok[l]) {  // zero gradients, as its (skipped) forward contribution
-        for (int64_t k = point0; k < point0 + s.P; ++k) pga[k] = pgl[2 * k] = pgl[2 * k + 1] = scalar_t(0);
+        for (int64_t k = point0; k < point0 + count; ++k) pga[k] = pgl[2 * k] = pgl[2 * k + 1] = scalar_t(0);
         continue;
       }
       const int64_t H = lv.H[l], W = lv.W[l];
       const bool direct = in_place[l];
       acc_t* level = buf + (lv.start[l] - row_begin) * D2;
       const int64_t level_row0 = (row0 + (lv.start[l] - row_begin) * s.M) * D;  // element offset in value
-      for (int64_t p = 0; p < s.P; ++p) {
-        const int64_t k = point0 + p;
+      for (int64_t k = point0; k < point0 + count; ++k) {
         const Bilinear<acc_t> b = bilinear<acc_t>(ploc[2 * k], ploc[2 * k + 1], H, W);
         if (!b.any) {
           pga[k] = pgl[2 * k] = pgl[2 * k + 1] = scalar_t(0);
@@ -216,17 +221,17 @@ void dispatch_head_dim(int64_t D, F&& f) {
   }
 }
 
-at::Tensor ms_deform_attn_cpu(const at::Tensor& value, const at::Tensor& spatial_shapes,
-                              const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
-                              const at::Tensor& attention_weights) {
-  const Sizes s = check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+at::Tensor forward(const Sizes& s, Points points, const at::Tensor& value, const at::Tensor& spatial_shapes,
+                   const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
+                   const at::Tensor& attention_weights) {
   at::Tensor out = at::empty({s.N, s.Lq, s.M * s.D}, value.options());  // every element is written
   if (out.numel() == 0) return out;
-  const Levels lv = read_levels(spatial_shapes, level_start_index, s.S);
+  const Levels lv = read_levels(spatial_shapes, level_start_index, s.S, std::move(points));
   const at::Tensor v = value.contiguous(), loc = sampling_locations.contiguous(), attn = attention_weights.contiguous();
-  // Tasks of about 64K multiply-adds: small enough to balance, large enough to amortise a task.
-  const int64_t work_per_query = std::max<int64_t>(1, s.M * s.L * s.P * 4 * s.D);
-  const int64_t grain = std::max<int64_t>(1, 65536 / work_per_query);
+  // Tasks of about 64K multiply-adds: small enough to balance, large enough to amortise a task
+  // (estimated in double: the product of the sizes need not fit int64 for an expanded input).
+  const double work_per_query = std::max(1.0, static_cast<double>(s.M) * s.K * 4 * s.D);
+  const int64_t grain = std::max<int64_t>(1, static_cast<int64_t>(65536 / work_per_query));
   const int64_t num_tasks = (s.N * s.Lq + grain - 1) / grain;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "ms_deform_attn_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -245,29 +250,51 @@ at::Tensor ms_deform_attn_cpu(const at::Tensor& value, const at::Tensor& spatial
   return out;
 }
 
+at::Tensor ms_deform_attn_cpu(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                              const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
+                              const at::Tensor& attention_weights) {
+  Points points;
+  const Sizes s =
+      check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, &points);
+  return forward(s, std::move(points), value, spatial_shapes, level_start_index, sampling_locations,
+                 attention_weights);
+}
+
+at::Tensor ms_deform_attn_points_cpu(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                                     const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
+                                     const at::Tensor& attention_weights, at::IntArrayRef num_points_list) {
+  Points points;
+  const Sizes s = check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                               num_points_list, &points);
+  return forward(s, std::move(points), value, spatial_shapes, level_start_index, sampling_locations,
+                 attention_weights);
+}
+
 // Backward: grad_value is a scatter (many points hit the same pixel). Instead of atomics or
 // per-thread copies of grad_value, the work is split into tasks (batch n, head m): the rows a task
 // writes, grad_value[n, :, m, :], belong to no other task, and inside a task the queries are
 // visited in a fixed order. So the backward is race-free and bitwise deterministic for any thread
-// count, and a task reads each query's L*P locations and weights as one contiguous block. Where
+// count, and a task reads each query's K locations and weights as one contiguous block. Where
 // N*M tasks would leave threads idle (a small batch on many cores) and the levels tile value, the
 // tasks are (n, m, level) instead, whose rows are disjoint too.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
-    const at::Tensor& grad_output, const at::Tensor& value, const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index, const at::Tensor& sampling_locations, const at::Tensor& attention_weights) {
-  const Sizes s = check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const Sizes& s, Points points, const at::Tensor& grad_output,
+                                                        const at::Tensor& value, const at::Tensor& spatial_shapes,
+                                                        const at::Tensor& level_start_index,
+                                                        const at::Tensor& sampling_locations,
+                                                        const at::Tensor& attention_weights) {
   check_grad_output(grad_output, s, value);
-  const Levels lv = read_levels(spatial_shapes, level_start_index, s.S);
-  const bool empty = s.N == 0 || s.Lq == 0 || s.M == 0 || s.L == 0 || s.P == 0 || s.D == 0;
+  const Levels lv = read_levels(spatial_shapes, level_start_index, s.S, std::move(points));
+  const bool empty = s.N == 0 || s.Lq == 0 || s.M == 0 || s.K == 0 || s.D == 0;
   // Levels whose points are added into grad_value in place (see backward_task): fewer corner
   // samples (4 per point) than pixels, when the levels tile value; float and double only. Measured
   // on 2 threads: the full-size Deformable DETR decoder's backward (Lq 300, largest level 100x167)
   // takes 18 ms instead of 29 ms; the CPU decoder shape (64x64 largest) is unchanged (2.9 ms).
   std::vector<char> in_place(s.L, 0);
   bool any_in_place = false;
-  if (lv.tiled && at::toOpMathType(value.scalar_type()) == value.scalar_type()) {
+  if (!empty && lv.tiled && at::toOpMathType(value.scalar_type()) == value.scalar_type()) {
     for (int64_t l = 0; l < s.L; ++l) {
-      in_place[l] = s.Lq * s.P * 4 < lv.H[l] * lv.W[l];
+      // Lq * count * 4 <= N * Lq * M * K * 4 fits int64 (check_inputs); H * W <= S (tiled).
+      in_place[l] = s.Lq * lv.points.count(l) * 4 < lv.H[l] * lv.W[l];
       any_in_place = any_in_place || in_place[l];
     }
   }
@@ -279,7 +306,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
   if (empty) return {grad_value.zero_(), grad_loc.zero_(), grad_attn.zero_()};
   const int64_t level_groups = (lv.tiled && s.N * s.M < 2 * at::get_num_threads()) ? s.L : 1;
   const at::Tensor v = value.contiguous(), loc = sampling_locations.contiguous(), attn = attention_weights.contiguous();
-  const at::Tensor g = grad_output.to(value.scalar_type()).contiguous();
+  const at::Tensor g = grad_output.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "ms_deform_attn_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* pv = v.const_data_ptr<scalar_t>();
@@ -307,11 +334,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
   return {grad_value, grad_loc, grad_attn};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& value, const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index, const at::Tensor& sampling_locations, const at::Tensor& attention_weights) {
+  Points points;
+  const Sizes s =
+      check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, &points);
+  return backward(s, std::move(points), grad_output, value, spatial_shapes, level_start_index, sampling_locations,
+                  attention_weights);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_points_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& value, const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index, const at::Tensor& sampling_locations, const at::Tensor& attention_weights,
+    at::IntArrayRef num_points_list) {
+  Points points;
+  const Sizes s = check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                               num_points_list, &points);
+  return backward(s, std::move(points), grad_output, value, spatial_shapes, level_start_index, sampling_locations,
+                  attention_weights);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(detr_ops, CPU, m) {
   m.impl("ms_deform_attn", &ms_deform_attn_cpu);
   m.impl("ms_deform_attn_backward", &ms_deform_attn_backward_cpu);
+  m.impl("ms_deform_attn_points", &ms_deform_attn_points_cpu);
+  m.impl("ms_deform_attn_points_backward", &ms_deform_attn_points_backward_cpu);
 }
 
 }  // namespace detr_ops::msda
