@@ -6,8 +6,12 @@ op, positive queries); Deformable DETR with groups and the one-to-many branch. B
 same random denoising noise and query picks (the seed is reset before each forward).
 
 Both runs share the weights (the reference model loads the detr_ops model's state dict) and the
-batch; they differ only in the op implementations (MSDA kernel vs grid_sample, fused GIoU loss vs
-the formula, detr_ops.HungarianMatcher vs the scipy loop). Tolerance: in float64 the two
+batch; they differ only in the op implementations (MSDA kernel vs the 2020 CUDA kernel's arithmetic
+restated in float64, fused GIoU loss vs the formula, detr_ops.HungarianMatcher vs the scipy loop).
+The reference models sample with grid_sample (``ops="reference"``); here their MSDA is replaced by
+the 2020 kernel's restatement, because Deformable DETR initialises its sampling points on pixel
+centres, exactly the kinks where grid_sample's backward takes the other side's derivative than the
+2020 kernel (which detr_ops follows, see docs/ms_deform_attn.md). Tolerance: in float64 the two
 implementations differ only by summation order, ~1e-16 relative per op; through a few layers
 and the backward this stays below ~1e-12, so rtol=1e-9 / atol=1e-11 has margin while any real
 difference (a wrong bilinear weight, a flipped GIoU term, another matching) shows at >= 1e-4.
@@ -15,7 +19,30 @@ difference (a wrong bilinear weight, a flipped GIoU term, another matching) show
 import pytest
 import torch
 
+from detr_ops.models import ops_switch
+from detr_ops.reference.ms_deform_attn import ms_deform_attn_kernel2020
 from tests.models_tiny import batch, tiny_model
+
+
+class Kernel2020(torch.autograd.Function):
+    """The 2020 CUDA kernel's forward and backward (float64 restatement) as an autograd function."""
+
+    @staticmethod
+    def forward(ctx, value, shapes, starts, locations, weights):
+        ctx.save_for_backward(value, shapes, starts, locations, weights)
+        return ms_deform_attn_kernel2020(value, shapes, starts, locations, weights)
+
+    @staticmethod
+    def backward(ctx, grad):
+        value, shapes, starts, locations, weights = ctx.saved_tensors
+        _, gv, gl, gw = ms_deform_attn_kernel2020(value, shapes, starts, locations, weights, grad.contiguous())
+        return gv, None, None, gl, gw
+
+
+@pytest.fixture(autouse=True)
+def reference_msda_is_the_2020_kernel(monkeypatch):
+    monkeypatch.setattr(ops_switch.MSDeformAttnReference, "_attend",
+                        lambda self, value, shapes, starts, loc, w: Kernel2020.apply(value, shapes, starts, loc, w))
 
 VARIANTS = [
     ("detr", {}),
