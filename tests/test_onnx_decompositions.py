@@ -157,6 +157,29 @@ def test_giou_loss_matches_native(box_format, eps):
     assert loss.dtype == torch.float32  # the op's loss dtype for half boxes
 
 
+@pytest.mark.parametrize("msda", ["gather", "grid_sample"])
+def test_msda_points_list_matches_native(msda):
+    """ms_deform_attn_points (D-FINE / RT-DETRv2's per-level point counts) through the padded
+    uniform layout: the native op's values, also next to NaN values (padding points are never
+    sampled, so they add an exact zero)."""
+    points = [3, 1, 2]
+    g = torch.Generator().manual_seed(3)
+    shapes, starts, S = level_tensors(SMALL_LEVELS)
+    N, Lq, M, D = 2, 5, 2, 4
+    value = torch.randn(N, S, M, D, generator=g, dtype=torch.float64)
+    loc = torch.rand(N, Lq, M, sum(points), 2, generator=g, dtype=torch.float64) * 1.6 - 0.3
+    w = torch.rand(N, Lq, M, sum(points), generator=g, dtype=torch.float64)
+    op = torch.ops.detr_ops.ms_deform_attn_points.default
+    decomposition = detr_ops.onnx.decompositions(msda)[op]
+    torch.testing.assert_close(decomposition(value, shapes, starts, loc, w, points),
+                               op(value, shapes, starts, loc, w, points), rtol=1e-12, atol=1e-12)
+    value[:, 7] = float("nan")  # one pixel of the 4x5 level: the queries whose points reach it see NaN
+    expected = op(value, shapes, starts, loc, w, points)
+    assert expected.isnan().any() and not expected.isnan().all()
+    torch.testing.assert_close(decomposition(value, shapes, starts, loc, w, points), expected,
+                               rtol=1e-12, atol=1e-12, equal_nan=True)
+
+
 def test_box_format_is_checked():
     a = tricky_boxes(5, 0)
     with pytest.raises(ValueError, match="box_format"):
@@ -166,7 +189,8 @@ def test_box_format_is_checked():
 def test_decomposition_table_covers_every_registered_op():
     table = detr_ops.onnx.decompositions()
     ops = torch.ops.detr_ops
-    for name in ("ms_deform_attn", "pairwise_iou", "giou_loss", "matching_cost", "batched_linear_sum_assignment"):
+    for name in ("ms_deform_attn", "ms_deform_attn_points", "pairwise_iou", "giou_loss", "matching_cost",
+                 "batched_linear_sum_assignment"):
         assert getattr(ops, name).default in table, name
     assert table[ops.ms_deform_attn.default] is onnx_msda.ms_deform_attn_gather
     assert detr_ops.onnx.decompositions("grid_sample")[ops.ms_deform_attn.default] is \

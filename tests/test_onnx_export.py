@@ -117,6 +117,44 @@ def test_msda_runs_in_onnxruntime_like_pytorch(exported, case):
     torch.testing.assert_close(torch.from_numpy(out), expected, rtol=1e-5, atol=2e-6)
 
 
+class MSDAPoints(torch.nn.Module):
+    """D-FINE / RT-DETRv2's layout: per-level point counts [3, 1, 2]."""
+
+    def forward(self, value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+        return detr_ops.ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
+                                       attention_weights, num_points_list=[3, 1, 2])
+
+
+@pytest.mark.parametrize("msda", ["gather", "tensorrt"])
+def test_msda_points_list_exports(msda, tmp_path):
+    """ms_deform_attn_points: the gather graph runs in ONNX Runtime like the native op at other
+    sizes; the TensorRT graph is one plugin node on the padded layout."""
+    pytest.importorskip("onnxscript")
+    g = torch.Generator().manual_seed(0)
+
+    def inputs(levels, N, Lq):
+        shapes, starts, S = level_tensors(levels)
+        return (torch.randn(N, S, M, D, generator=g), shapes, starts,
+                torch.rand(N, Lq, M, 6, 2, generator=g) * 1.6 - 0.3, torch.rand(N, Lq, M, 6, generator=g))
+
+    path = tmp_path / f"points_{msda}.onnx"
+    n, s, q = torch.export.Dim("n"), torch.export.Dim("s"), torch.export.Dim("q")
+    with torch.no_grad(), detr_ops.onnx.export_options(msda=msda):
+        torch.onnx.export(MSDAPoints(), inputs(EXAMPLE_LEVELS, 2, 5), dynamo=True, input_names=NAMES, verbose=False,
+                          dynamic_shapes=({0: n, 1: s}, None, None, {0: n, 1: q}, {0: n, 1: q})).save(str(path))
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=msda != "tensorrt")
+    if msda == "tensorrt":
+        assert op_types(model).count("MultiscaleDeformableAttnPlugin_TRT") == 1
+        return
+    assert "GridSample" not in op_types(model)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for levels, N, Lq in CASES:
+        args = inputs(levels, N, Lq)
+        (out,) = session.run(None, dict(zip(NAMES, (a.numpy() for a in args))))
+        torch.testing.assert_close(torch.from_numpy(out), MSDAPoints()(*args), rtol=1e-5, atol=1e-5)
+
+
 def test_tensorrt_plugin_version_1(tmp_path):
     path = tmp_path / "v1.onnx"
     with detr_ops.onnx.export_options(msda="tensorrt", tensorrt_plugin_version="1"):

@@ -5,14 +5,17 @@ spatial_shapes ``[L, 2]`` (H, W), level_start_index ``[L]``, sampling_locations
 ``[N, Lq, M, L, P, 2]``, attention_weights ``[N, Lq, M, L, P]`` -> ``[N, Lq, M*D]``) and the
 native kernels' semantics (``csrc/ops/common/ms_deform_attn.h``): on a level of size H x W the
 location (x, y) is the pixel (x * W - 0.5, y * H - 0.5); a point is sampled only when
--1 <= px < W and -1 <= py < H (NaN and inf fail the test and contribute nothing); its corners
+-1 < px < W and -1 < py < H, the 2020 kernel's strict test (NaN and inf fail it and contribute
+nothing; at px = -1 exactly both tests give the same value, the bilinear weight of the one corner
+on the map being 0); its corners
 floor(p) and floor(p) + 1 are weighted bilinearly and a corner off the map contributes zero.
 float16 / bfloat16 are computed in float32, as the kernels do.
 
 ``ms_deform_attn_gather`` is index arithmetic, one Gather and one batched MatMul (no GridSample, no loop over
 levels: the graph is the same size for any number of levels, and H, W stay runtime values).
 ``ms_deform_attn_grid_sample`` is one GridSample per level (Deformable DETR's own fallback).
-The TensorRT plugin node lives in :mod:`detr_ops.onnx.tensorrt`.
+The TensorRT plugin node lives in :mod:`detr_ops.onnx.tensorrt`. ``detr_ops::ms_deform_attn_points``
+(per-level point counts) reaches every form through :func:`uniform_points`.
 """
 import torch
 import torch.nn.functional as F
@@ -52,7 +55,7 @@ def ms_deform_attn_gather(value, spatial_shapes, level_start_index, sampling_loc
 
     x = loc[..., 0] * Wf - 0.5
     y = loc[..., 1] * Hf - 0.5
-    sampled = (x >= -1) & (x < Wf) & (y >= -1) & (y < Hf) & fits
+    sampled = (x > -1) & (x < Wf) & (y > -1) & (y < Hf) & fits
     # Rejected points (NaN / inf included) are moved to 0 before floor and the integer cast.
     x = torch.where(sampled, x, torch.zeros_like(x))
     y = torch.where(sampled, y, torch.zeros_like(y))
@@ -104,7 +107,7 @@ def ms_deform_attn_grid_sample(value, spatial_shapes, level_start_index, samplin
     """MSDA as one ``F.grid_sample(bilinear, zeros, align_corners=False)`` per level.
 
     GridSample's bilinear rule equals the kernels' for every point the kernels sample. Points
-    they reject (outside -1 <= p < size, NaN, inf) are moved off the map and their attention
+    they reject (outside -1 < p < size, NaN, inf) are moved off the map and their attention
     weight set to 0 here, so that a NaN location or a NaN weight of a rejected point gives 0, as
     in the kernels (GridSample's own handling of NaN grids differs between runtimes). Level sizes
     and starts are read from the index tensors as integers: under ``torch.export`` they become
@@ -124,7 +127,7 @@ def ms_deform_attn_grid_sample(value, spatial_shapes, level_start_index, samplin
         lloc = loc[:, :, :, lvl].permute(0, 2, 1, 3, 4).reshape(N * M, Lq, P, 2)
         size = spatial_shapes[lvl].flip(0).to(ct)  # (W, H), as a tensor: stays a runtime value
         pixel = lloc * size - 0.5
-        sampled = ((pixel >= -1) & (pixel < size)).all(-1)  # [N*M, Lq, P]; False for NaN / inf
+        sampled = ((pixel > -1) & (pixel < size)).all(-1)  # [N*M, Lq, P]; False for NaN / inf
         grid = torch.where(sampled.unsqueeze(-1), 2 * lloc - 1, torch.full_like(lloc, -3.0))
         samples.append(F.grid_sample(level, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
         lattn = attn[:, :, :, lvl].permute(0, 2, 1, 3).reshape(N * M, Lq, P)
@@ -134,3 +137,36 @@ def ms_deform_attn_grid_sample(value, spatial_shapes, level_start_index, samplin
     weights = torch.cat(weights, dim=-1).unsqueeze(1)
     out = (samples * weights).sum(-1)
     return out.reshape(N, M * D, Lq).transpose(1, 2).reshape(N, Lq, M * D).to(out_dtype)
+
+
+# Where a padding point sits: far off every map (pixel -2 * size - 0.5 < -1), so no backend samples it.
+_PADDING_LOCATION = -2.0
+
+
+def uniform_points(sampling_locations, attention_weights, num_points_list):
+    """The layout of ``detr_ops::ms_deform_attn_points`` (``[N, Lq, M, sum(P), 2]`` and
+    ``[N, Lq, M, sum(P)]``, level l's points after level l-1's) as ``ms_deform_attn``'s uniform
+    one (``[N, Lq, M, L, max(P), 2]``): each level's points padded to max(P) with points off the map
+    and weight 0. A point off the map is never sampled, so the padding adds an exact zero even next
+    to NaN values (a weight of 0 times a sampled NaN would not). The number of points per level is
+    a Python list, fixed in the graph as in the op's schema."""
+    P = max(num_points_list)
+    locations, weights = [], []
+    for loc, w in zip(sampling_locations.split(list(num_points_list), dim=3),
+                      attention_weights.split(list(num_points_list), dim=3)):
+        pad = P - loc.shape[3]
+        locations.append(F.pad(loc, (0, 0, 0, pad), value=_PADDING_LOCATION))
+        weights.append(F.pad(w, (0, pad), value=0.0))
+    return torch.stack(locations, 3), torch.stack(weights, 3)
+
+
+def with_points_list(decomposition):
+    """``decomposition`` (an ``ms_deform_attn`` form) for the ``ms_deform_attn_points`` schema."""
+
+    def points_decomposition(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                             num_points_list):
+        locations, weights = uniform_points(sampling_locations, attention_weights, num_points_list)
+        return decomposition(value, spatial_shapes, level_start_index, locations, weights)
+
+    points_decomposition.__name__ = f"{getattr(decomposition, '__name__', 'ms_deform_attn')}_points"
+    return points_decomposition

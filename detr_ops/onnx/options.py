@@ -24,7 +24,8 @@ import functools
 import torch
 from torch.overrides import TorchFunctionMode
 
-from detr_ops.onnx import boxes, msda, tensorrt
+from detr_ops.onnx import boxes, tensorrt
+from detr_ops.onnx import msda as msda_forms
 
 MSDA_MODES = ("gather", "grid_sample", "tensorrt")
 # Opset of the TorchScript symbolic registration (it applies to this opset and every later one).
@@ -32,6 +33,8 @@ _TORCHSCRIPT_MIN_OPSET = 9
 
 # Registered op name -> what it becomes. The "_triton" twins share their op's schema.
 _MSDA_OPS = ("ms_deform_attn", "ms_deform_attn_triton")
+# Per-level point counts (D-FINE, RT-DETRv2): the same forms after padding to the uniform layout.
+_MSDA_POINTS_OPS = ("ms_deform_attn_points", "ms_deform_attn_points_triton")
 _BOX_OPS = {"pairwise_iou": boxes.pairwise_iou, "pairwise_iou_triton": boxes.pairwise_iou,
             "giou_loss": boxes.giou_loss, "giou_loss_triton": boxes.giou_loss}
 _TRAINING_ONLY = {
@@ -75,9 +78,9 @@ def _registered(name: str):
 
 def _msda_decomposition(msda_mode: str, tensorrt_plugin_version: str):
     if msda_mode == "gather":
-        return msda.ms_deform_attn_gather
+        return msda_forms.ms_deform_attn_gather
     if msda_mode == "grid_sample":
-        return msda.ms_deform_attn_grid_sample
+        return msda_forms.ms_deform_attn_grid_sample
     return functools.partial(tensorrt.ms_deform_attn_tensorrt, plugin_version=tensorrt_plugin_version)
 
 
@@ -97,6 +100,10 @@ def decompositions(msda: str = "gather", *, tensorrt_plugin_version: str = tenso
         op = _registered(name)
         if op is not None:
             table[op] = _msda_decomposition(msda, tensorrt_plugin_version)
+    for name in _MSDA_POINTS_OPS:
+        op = _registered(name)
+        if op is not None:
+            table[op] = msda_forms.with_points_list(_msda_decomposition(msda, tensorrt_plugin_version))
     for name, fn in _BOX_OPS.items():
         op = _registered(name)
         if op is not None:
@@ -131,6 +138,7 @@ class _DecomposeOps(TorchFunctionMode):
         self.table = table
         self.packets = {op.overloadpacket: op for op in table}
         self.msda_ops = {op for op in table if op.name().split("::")[1] in _MSDA_OPS}
+        self.msda_points_ops = {op for op in table if op.name().split("::")[1] in _MSDA_POINTS_OPS}
         self.msda_mode = msda_mode
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -139,10 +147,15 @@ class _DecomposeOps(TorchFunctionMode):
         decomposition = self.table.get(op) if isinstance(op, torch._ops.OpOverload) else None
         if decomposition is None or not _tracing_for_export():
             return func(*args, **kwargs)
-        if self.msda_mode == "tensorrt" and op in self.msda_ops and torch.jit.is_tracing():
+        if self.msda_mode == "tensorrt" and torch.jit.is_tracing():
             # The TorchScript exporter keeps the op in its trace; the symbolic that export_options
-            # registered turns it into the plugin node.
-            return func(*args, **kwargs)
+            # registered turns it into the plugin node. Per-level point counts are padded first.
+            if op in self.msda_ops:
+                return func(*args, **kwargs)
+            if op in self.msda_points_ops:
+                value, shapes, starts, loc, w, points = args
+                return torch.ops.detr_ops.ms_deform_attn(value, shapes, starts,
+                                                         *msda_forms.uniform_points(loc, w, points))
         return decomposition(*args, **kwargs)
 
 
