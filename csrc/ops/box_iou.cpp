@@ -1,5 +1,6 @@
 // Schemas of the pairwise box-overlap operator. Kernels: ops/cpu/box_iou_kernel.cpp,
-// ops/cuda/box_iou_kernel.cu; fake kernels and autograd: detr_ops/ops/box_iou.py.
+// ops/cuda/box_iou_kernel.cu, detr_ops/triton/box_iou.py; fake kernels, autograd and the Triton
+// twin: detr_ops/_registrations.py; Python API and input checks: detr_ops/ops/box_iou.py.
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(detr_ops, m) {

@@ -1,5 +1,6 @@
 // Schemas of the elementwise GIoU loss. Kernels: ops/cpu/giou_loss_kernel.cpp,
-// ops/cuda/giou_loss_kernel.cu; fake kernels and autograd: detr_ops/ops/box_iou.py.
+// ops/cuda/giou_loss_kernel.cu, detr_ops/triton/box_iou.py; fake kernels, autograd and the Triton
+// twin: detr_ops/_registrations.py; Python API and input checks: detr_ops/ops/box_iou.py.
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(detr_ops, m) {

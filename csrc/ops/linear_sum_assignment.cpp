@@ -1,6 +1,6 @@
 // Schemas of the batched assignment operator. Kernels: ops/cpu/linear_sum_assignment_kernel.cpp,
-// ops/cuda/linear_sum_assignment_kernel.cu, and the Triton twin in detr_ops/triton; fake kernel
-// and input checks: detr_ops/ops/linear_sum_assignment.py.
+// ops/cuda/linear_sum_assignment_kernel.cu, detr_ops/triton/linear_sum_assignment.py; fake kernel
+// and the Triton twin: detr_ops/_registrations.py; input checks: detr_ops/ops/linear_sum_assignment.py.
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(detr_ops, m) {
