@@ -15,6 +15,7 @@
 
 #include "ops/common/matching_cost.h"
 #include "ops/common/matching_cost_checks.h"
+#include "ops/cpu/parallel_tasks.h"
 
 namespace detr_ops::matching {
 namespace {
@@ -42,7 +43,7 @@ at::Tensor matching_cost_cpu(const at::Tensor& pred_logits, const at::Tensor& pr
     const scalar_t inf = std::numeric_limits<scalar_t>::infinity(), nan = std::numeric_limits<scalar_t>::quiet_NaN();
     const scalar_t alpha = static_cast<scalar_t>(focal_alpha), gamma = static_cast<scalar_t>(focal_gamma);
     const scalar_t* pc = class_table.const_data_ptr<scalar_t>();
-    at::parallel_for(0, B * Q, std::max<int64_t>(1, 4096 / std::max<int64_t>(T, 1)), [&](int64_t begin, int64_t end) {
+    cpu::parallel_for(0, B * Q, std::max<int64_t>(1, 4096 / std::max<int64_t>(T, 1)), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t b = r / Q;
         const scalar_t* row = pc + r * K;
