@@ -2,13 +2,14 @@
 #   make bench   the benchmark suite against SciPy and naive PyTorch baselines (the main job)
 #   make test    the test suite: CPU/CUDA tests, then the Triton tests under the interpreter
 # Both create .venv on first use (CPU torch 2.13.0 where no torch is present), build detr_ops into
-# it and run. Other targets: bench-full, bench-compare A=... B=..., cmake-test, cuda-build-check.
+# it and run. Other targets: bench-full, bench-load, bench-compare A=... B=..., cmake-test,
+# cuda-build-check.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.detr_ops-env
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: bench bench-full bench-compare test cmake-test cuda-build-check build clean
+.PHONY: bench bench-full bench-load bench-compare test cmake-test cuda-build-check build clean
 
 $(STAMP): requirements-dev.txt setup.py scripts/setup_env.sh
 	bash scripts/setup_env.sh $(VENV)
@@ -27,6 +28,10 @@ bench: build
 
 bench-full: build
 	$(PY) -m benchmarks.run --profile full
+
+# Every CPU op, default threads vs one thread, quiet and beside one busy process per core.
+bench-load: build
+	$(PY) -m benchmarks.under_load
 
 bench-compare: $(STAMP)
 	$(PY) -m benchmarks.compare $(A) $(B)
