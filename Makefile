@@ -3,13 +3,14 @@
 #   make test    the test suite: CPU/CUDA tests, then the Triton tests under the interpreter
 # Both create .venv on first use (CPU torch 2.13.0 where no torch is present), build detr_ops into
 # it and run. Other targets: bench-full, bench-load, bench-compare A=... B=..., cmake-test,
-# cuda-build-check.
+# cuda-build-check, triton-aot (every Triton kernel compiled for sm_80/sm_90), gpu-check-dry-run
+# (scripts/gpu_check.sh rehearsed).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.detr_ops-env
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: bench bench-full bench-load bench-compare test cmake-test cuda-build-check build clean
+.PHONY: bench bench-full bench-load bench-compare test cmake-test cuda-build-check triton-aot gpu-check-dry-run build clean
 
 $(STAMP): requirements-dev.txt setup.py scripts/setup_env.sh
 	bash scripts/setup_env.sh $(VENV)
@@ -43,6 +44,12 @@ cmake-test: $(STAMP)
 
 cuda-build-check:
 	bash scripts/check_cuda_build.sh
+
+triton-aot: $(STAMP)
+	bash scripts/triton_aot.sh
+
+gpu-check-dry-run: $(STAMP)
+	PYTHON=$(PY) bash scripts/gpu_check.sh --dry-run build/gpu-check-dry-run
 
 clean:
 	rm -rf build detr_ops/*.so

@@ -172,6 +172,7 @@ setup(
         "benchmarks": ["pytest-benchmark", "matplotlib", "lap"],
         "models": ["pycocotools", "tqdm", "matplotlib"],
         "transformers": ["transformers>=5.0"],
+        "onnx": ["onnx", "onnxruntime", "onnxscript"],
     },
     zip_safe=False,
 )

@@ -7,7 +7,11 @@
   per image, ``torch.as_tensor`` of the indices) vs ``detr_ops.batched_linear_sum_assignment``,
   timed twice: end to end from DETR's layout to DETR's list of (rows, cols) ("detr_ops"), and the
   op alone on the padded ``[B, Q, max T]`` cost a fused matching-cost kernel produces
-  ("detr_ops-op").
+  ("detr_ops-op");
+* torch-linear-assignment's published batches (``shapes.LSA_TLA_BATCH``, GPU only: 208 problems of
+  300 x 100, 300 x 300, 300 x 600, uniform random float32 on the GPU): the per-problem SciPy loop
+  from the GPU tensor, torch-linear-assignment 0.1.0 and its legacy CUDA extension (peers of
+  ``benchmarks/peers.py``, skipped when not installed) against the batched op on each backend.
 
 Every implementation's indices are checked against scipy's before it is timed (for lap, whose
 tie-breaking differs, on inputs with a unique optimum).
@@ -20,7 +24,8 @@ import torch
 from scipy.optimize import linear_sum_assignment as scipy_lsa
 
 import detr_ops
-from benchmarks import shapes
+from benchmarks import peers, shapes
+from benchmarks.backends import detr_ops_backends
 from benchmarks.timing import check_equal, measure
 
 OP = "linear_sum_assignment"
@@ -124,3 +129,44 @@ def test_detr_batch(benchmark, B, Q, impl):
         fn = lambda: detr_ops.batched_linear_sum_assignment(padded, num_cols=num_cols)  # noqa: E731
     measure(benchmark, fn, op=OP, case=case, impl=impl, role="detr_ops", backend="native",
             threads=torch.get_num_threads())
+
+
+# ---- torch-linear-assignment's batches (GPU) ---------------------------------------------------------
+
+
+def scipy_batch_loop(cost):
+    """The per-problem SciPy loop a batched solver replaces: one copy to the host, scipy per problem."""
+    host = cost.cpu().numpy()
+    out = np.full(cost.shape[:2], -1, dtype=np.int64)
+    for b in range(host.shape[0]):
+        rows, cols = scipy_lsa(host[b])
+        out[b, rows] = cols
+    return torch.from_numpy(out)
+
+
+def _peer_batch_impls():
+    """(role, impl, backend): SciPy, the peers (even when absent: they skip), detr_ops per backend."""
+    rows = [("baseline", "scipy-loop", ""), ("baseline", "torch-linear-assignment", "peer"),
+            ("baseline", "torch-linear-assignment-legacy", "peer")]
+    return rows + [("detr_ops", "detr_ops" if b == "native" else f"detr_ops-{b}", b) for b in detr_ops_backends()]
+
+
+if shapes.LSA_TLA_BATCH:  # GPU shapes only: no rows (and no skipped tests) on CPU
+
+    @pytest.mark.parametrize("role,impl,backend", _peer_batch_impls(), ids=lambda x: str(x))
+    @pytest.mark.parametrize("B,R,C", shapes.LSA_TLA_BATCH, ids=lambda v: str(v))
+    def test_peer_batch(benchmark, B, R, C, role, impl, backend):
+        cost = torch.rand(B, R, C, generator=torch.Generator().manual_seed(R * C)).to(shapes.DEVICE)
+        expected = scipy_batch_loop(cost)  # uniform random costs: one optimum, every exact solver agrees
+        if impl == "scipy-loop":
+            fn = lambda: scipy_batch_loop(cost)  # noqa: E731
+        elif backend == "peer":
+            solvers = peers.lsa_peers(shapes.DEVICE)
+            if impl not in solvers:
+                pytest.skip(f"{impl} is not installed")
+            fn = lambda: solvers[impl](cost)  # noqa: E731
+        else:
+            fn = lambda: detr_ops.batched_linear_sum_assignment(cost, check=False, backend=backend)[0]  # noqa: E731
+        check_equal(fn(), expected, what=f"{impl} assignment")
+        measure(benchmark, fn, op=OP, case=f"B{B} {R}x{C}", impl=impl, role=role,
+                backend="" if backend == "peer" else backend, device=shapes.DEVICE)

@@ -3,7 +3,9 @@
 Rows (see ``timing.py``): op ``ms_deform_attn``, case ``<shape name> N=<batch>``, passes ``fwd``
 and ``fwd+bwd`` (all three input gradients), impls ``grid_sample`` (baseline:
 ``detr_ops.ms_deform_attn_pytorch``, Deformable DETR's PyTorch fallback), ``detr_ops`` (native
-kernel of the device) and, on a GPU, ``detr_ops-triton``. Each row also records the peak memory
+kernel of the device) and, on a GPU, ``detr_ops-triton`` and the peers of ``benchmarks/peers.py``
+(the original Deformable DETR CUDA kernel, torch-ms-deform-attn) as further baselines, each
+skipped when it is not installed. Each row also records the peak memory
 of one call (``peak_bytes``). Inputs look like a trained detector's: reference points uniform on
 the image, offsets of a few pixels, attention weights a softmax over each head's L*P points.
 Every detr_ops result is checked against the baseline before it is timed.
@@ -11,6 +13,7 @@ Every detr_ops result is checked against the baseline before it is timed.
 import pytest
 import torch
 
+from benchmarks import peers
 from benchmarks.shapes import DEVICE, MSDA, ON_GPU
 from benchmarks.timing import check_close, measure, peak_memory_bytes, rotate
 from detr_ops import ms_deform_attn, ms_deform_attn_pytorch
@@ -20,6 +23,7 @@ DTYPES = [torch.float32, torch.bfloat16] if ON_GPU else [torch.float32]
 IMPLS = [("grid_sample", "baseline", ""), ("detr_ops", "detr_ops", "native")]
 if ON_GPU:
     IMPLS.append(("detr_ops-triton", "detr_ops", "triton"))
+    IMPLS += [("deformable-detr-cuda", "baseline", "peer"), ("torch-ms-deform-attn", "baseline", "peer")]
 # Tolerances of the pre-timing check against the baseline run in the same dtype.
 CHECK_TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.bfloat16: dict(rtol=5e-2, atol=5e-2)}
 
@@ -44,6 +48,8 @@ def _call(impl, backend, inputs):
     value, shapes, starts, locations, weights = inputs
     if impl == "grid_sample":
         return ms_deform_attn_pytorch(value, shapes, starts, locations, weights)
+    if backend == "peer":
+        return peers.msda_peers(value.device)[impl](value, shapes, starts, locations, weights)
     return ms_deform_attn(value, shapes, starts, locations, weights, backend=backend)
 
 
@@ -61,7 +67,14 @@ def test_ms_deform_attn(benchmark, impl, role, backend, pass_, name, N, levels, 
     inputs = _make_inputs(N, levels, Lq, M, D, P, dtype, DEVICE)
     next_inputs = rotate(lambda: _make_inputs(N, levels, Lq, M, D, P, dtype, DEVICE), copies=4, device=DEVICE)
     grad_output = torch.randn(N, Lq, M * D, device=DEVICE, dtype=dtype)
-    if role == "detr_ops":
+    if backend == "peer":
+        if impl not in peers.msda_peers(DEVICE):
+            pytest.skip(f"{impl} is not installed")
+        try:
+            _call(impl, backend, inputs)
+        except RuntimeError as e:  # e.g. the original kernel dispatches float and double only
+            pytest.skip(f"{impl} does not run this case: {str(e).splitlines()[0]}")
+    if role == "detr_ops" or backend == "peer":
         check_close(_call(impl, backend, inputs), _call("grid_sample", "", inputs), what=f"{impl} {name}",
                     **CHECK_TOL[dtype])
 
@@ -78,5 +91,6 @@ def test_ms_deform_attn(benchmark, impl, role, backend, pass_, name, N, levels, 
 
     peak = peak_memory_bytes(run, DEVICE)
     case = f"{name} N={N} {str(dtype).replace('torch.', '')}"
-    measure(benchmark, run, op=OP, case=case, impl=impl, role=role, backend=backend, pass_=pass_, device=DEVICE,
+    measure(benchmark, run, op=OP, case=case, impl=impl, role=role, backend="" if backend == "peer" else backend,
+            pass_=pass_, device=DEVICE,
             peak_bytes=peak, shape=dict(N=N, levels=levels, Lq=Lq, M=M, D=D, P=P))

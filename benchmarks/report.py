@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-from benchmarks import plots, table
+from benchmarks import table
 from benchmarks.results import load
 
 
@@ -49,6 +49,8 @@ def write_report(json_path, out_dir=None, plot=True, stream=None):
     print(text, file=stream)
 
     if plot:
+        from benchmarks import plots  # matplotlib only when plotting (the GPU machine has none: --no-plots)
+
         n = plots.speedup_plot(lines, os.path.join(out_dir, "speedup.png"))
         print(f"speedup.png: {n} bars" if n else "speedup.png: skipped, no case has both a baseline and detr_ops",
               file=stream)

@@ -55,6 +55,21 @@ def coco_like_target_counts(batch: int, generator: torch.Generator) -> list:
 # ---- matcher: DETR batches (B, Q, num_classes) -------------------------------------------------------
 MATCHER = pick(quick=[(16, 100, 92), (16, 300, 92), (16, 900, 92)])
 
+# ---- matcher modes: one training step's matching (every layer, query group and branch), batch 16 ----
+# COCO-like target counts, 91 classes (Deformable DETR's num_classes). The issue-17 shapes:
+#   deformable-detr  300 queries x 6 decoder layers + the two-stage encoder's proposals (one per memory
+#                    token: 22223 at Deformable DETR's full size, the cpu-encoder levels' 5440 on CPU)
+#   rf-detr          13 groups x 300 queries, 4 prediction sets (3 decoder layers + encoder)
+#   h-detr           300 one-to-one + 1500 one-to-many queries (k = 6), 6 decoder layers each
+#   dino             900 queries, 6 layers + the encoder's interm outputs, and the denoising indices
+#   d-fine           300 queries, 8 prediction sets (6 layers, pre_outputs, enc_aux), nan_to_num
+#   deimv2           d-fine's 8 sets with DEIMv2's IoU-aware cost
+#   deim-topk        DEIM's get_top_k_matches, k = 4 rounds, on the final layer's 300 queries
+MATCHER_STEP_BATCH = 16
+MATCHER_STEP_CLASSES = 91
+MATCHER_STEPS = pick(quick=["deformable-detr", "rf-detr", "h-detr", "dino", "d-fine", "deimv2", "deim-topk"])
+MATCHER_ENCODER_TOKENS = 22223 if ON_GPU else 5440
+
 # ---- MSDA: (name, N, levels [(H, W)...], Lq, M, D, P) -------------------------------------------------
 _ENC_LEVELS = [(100, 167), (50, 84), (25, 42), (13, 21)]
 _CPU_ENC_LEVELS = [(64, 64), (32, 32), (16, 16), (8, 8)]

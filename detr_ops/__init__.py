@@ -11,6 +11,7 @@ from detr_ops import _registrations  # noqa: F401  (registers fake kernels, auto
 from detr_ops.ops.box_convert import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 from detr_ops.ops.box_iou import box_iou, box_validity, generalized_box_iou, generalized_box_iou_loss
 from detr_ops.ops.matching_cost import matching_cost, pad_targets
+from detr_ops.ops.denoising import denoising_match, denoising_match_indices, dn_num_groups
 from detr_ops.ops.ms_deform_attn import MSDeformAttnFunction, ms_deform_attn
 from detr_ops.reference.ms_deform_attn import ms_deform_attn_pytorch
 from detr_ops.nn.ms_deform_attn import MSDeformAttn
@@ -33,6 +34,9 @@ __all__ = [
     "box_xyxy_to_cxcywh",
     "matching_cost",
     "pad_targets",
+    "denoising_match",
+    "denoising_match_indices",
+    "dn_num_groups",
     "ms_deform_attn",
     "MSDeformAttnFunction",
     "ms_deform_attn_pytorch",

@@ -32,6 +32,8 @@ from detr_ops._dtypes import FLOAT_DTYPES, acc_dtype
 
 NAMESPACE = "detr_ops"
 BOX_FORMATS = ("xyxy", "cxcywh")
+# matching_cost's class terms (csrc/ops/common/matching_cost.h, ClassCost)
+MATCHING_CLASS_COSTS = ("softmax", "focal", "focal_logsigmoid", "iou_aware")
 
 
 def _op(name: str):
@@ -183,7 +185,8 @@ def _fake_giou_loss_backward(grad, boxes1, boxes2, box_format, eps):
 # ---- matching_cost ------------------------------------------------------------------------------
 
 
-def _fake_matching_cost(pred_logits, pred_boxes, tgt_labels, tgt_boxes, num_targets, *weights):
+def _fake_matching_cost(pred_logits, pred_boxes, tgt_labels, tgt_boxes, num_targets, cost_class, cost_bbox, cost_giou,
+                        class_cost, focal_alpha, focal_gamma, iou_power):
     _check(pred_logits.dim() == 3, lambda: f"pred_logits must be [B, Q, K], got {tuple(pred_logits.shape)}")
     B, Q = pred_logits.shape[0], pred_logits.shape[1]
     _check(tgt_labels.dim() == 2 and tgt_labels.shape[0] == B,
@@ -195,6 +198,8 @@ def _fake_matching_cost(pred_logits, pred_boxes, tgt_labels, tgt_boxes, num_targ
     for name, t in (("tgt_labels", tgt_labels), ("num_targets", num_targets)):
         _check(t.dtype == torch.int64, lambda: f"{name} must be int64, got {t.dtype}")
     _check(pred_logits.dtype.is_floating_point, lambda: f"pred_logits must be floating point, got {pred_logits.dtype}")
+    _check(class_cost in MATCHING_CLASS_COSTS,
+           lambda: f"class_cost must be one of {MATCHING_CLASS_COSTS}, got {class_cost!r}")
     return pred_logits.new_empty((B, Q, T), dtype=acc_dtype(pred_logits.dtype))
 
 

@@ -5,6 +5,12 @@
 # code (scripts/check_cuda_ptx.py), and runs the CPU test suite in that build. The build happens in
 # a copy of the tracked files, so the main tree's CPU build is untouched.
 #
+# The build runs with NVCC_APPEND_FLAGS=-Xptxas=-v and keeps its log (build/cuda-check/build.log):
+# scripts/cuda_resources.py turns ptxas's report into the resource and occupancy table of every CUDA
+# kernel (build/cuda-check/cuda_resources.md) and prints what changed against docs/cuda_resources.md
+# (information only: register counts move with every nvcc). DETR_OPS_UPDATE_DOCS=1 also writes the
+# new table to docs/cuda_resources.md.
+#
 # Environment: CUDA_VENV (default .venv-cuda), CUDA_HOME (default /usr/local/cuda),
 # TORCH_CUDA_ARCH_LIST (default 9.0+PTX: one architecture keeps the build short, +PTX embeds the
 # PTX the fast-math check reads), CUDA_TORCH (default torch==2.11.0).
@@ -26,7 +32,15 @@ fi
 rm -rf "$work" && mkdir -p "$work"
 (cd "$root" && git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t "$work")
 cd "$work"
-"$venv/bin/python" setup.py build_ext --inplace
+NVCC_APPEND_FLAGS="${NVCC_APPEND_FLAGS:+$NVCC_APPEND_FLAGS }-Xptxas=-v" "$venv/bin/python" setup.py build_ext --inplace \
+  2>&1 | tee build.log
+header="nvcc $("$CUDA_HOME/bin/nvcc" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'), torch $("$venv/bin/python" -c 'import torch; print(torch.__version__)'), TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, flags as setup.py sets them."
+"$venv/bin/python" -m scripts.cuda_resources build.log --sources csrc/ops/cuda --markdown cuda_resources.md \
+  --compare "$root/docs/cuda_resources.md" --header "$header"
+if [ "${DETR_OPS_UPDATE_DOCS:-0}" = 1 ]; then
+  cp cuda_resources.md "$root/docs/cuda_resources.md"
+  echo "wrote docs/cuda_resources.md"
+fi
 PYTHONPATH="$work" "$venv/bin/python" scripts/check_cuda_kernels.py
 # cuobjdump: the toolkit's where it has one, else the copy the triton package ships
 cuobjdump=$CUDA_HOME/bin/cuobjdump

@@ -8,6 +8,9 @@ TINY = {
     "detr": dict(hidden_dim=32, nheads=2, enc_layers=1, dec_layers=2, dim_feedforward=64, num_queries=8),
     "deformable_detr": dict(hidden_dim=32, nheads=2, enc_layers=1, dec_layers=2, dim_feedforward=64, num_queries=8,
                             enc_n_points=2, dec_n_points=2),
+    # dn_number 1: 2 denoising groups (DINO's rule), 12 queries for 3 target slots; 8 Co-DETR slots.
+    "dino": dict(hidden_dim=32, nheads=2, enc_layers=1, dec_layers=2, dim_feedforward=64, num_queries=8,
+                 enc_n_points=2, dec_n_points=2, dn_number=1, max_targets=3, co_queries=8),
 }
 
 

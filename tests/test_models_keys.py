@@ -3,7 +3,11 @@ published checkpoints, checked without downloading them:
 
 * trainable parameter counts equal the figures the original training scripts print for R50 and
   COCO's 91 classes (DETR: 41,302,368, with conv1 and layer1 frozen; Deformable DETR: 39,847,265),
-  so no module is missing, extra or of a different size;
+  so no module is missing, extra or of a different size; DINO R50 4-scale: 46,604,048 with 4 classes
+  and ``dn_labelbook_size`` 5, the "number of params" IDEA-Research/DINO's main.py printed for a
+  user's 4-class run (IDEA-Research/DINO issue #274), hence 46,670,782 for COCO's 91 classes
+  (``dn_labelbook_size`` 91, DINO_4scale.py), the class-dependent modules being ``class_embed`` and
+  its ``enc_out_class_embed`` copy (257 per class each) and ``label_enc`` (256 per labelbook row);
 * the ResNet-50 under ``backbone.0.body`` holds exactly torchvision's resnet50 state-dict entries
   minus ``fc`` and ``num_batches_tracked`` (53 convs, 53 batch norms x 4 buffers = 265 keys);
 * representative keys of every module the originals name exist with the originals' shapes;
@@ -28,6 +32,11 @@ def detr_r50():
 @pytest.fixture(scope="module")
 def deformable_r50():
     return build("deformable_detr", 91, "original")[0]
+
+
+@pytest.fixture(scope="module")
+def dino_r50():
+    return build("dino", 91, "original")[0]
 
 
 def test_detr_r50_keys(detr_r50):
@@ -94,6 +103,70 @@ def test_deformable_detr_r50_keys(deformable_r50):
     # Without refinement the six heads are one shared module, listed six times as in the original.
     assert deformable_r50.class_embed[0] is deformable_r50.class_embed[5]
     assert not any(k.startswith("transformer.decoder.bbox_embed") for k in sd)
+
+
+def test_dino_r50_4scale_keys(dino_r50):
+    assert _trainable(dino_r50) == 46_670_782
+    assert _trainable(build("dino", 4, "original", dn_labelbook_size=5)[0]) == 46_604_048
+    sd = dino_r50.state_dict()
+    expected = {
+        "backbone.0.body.layer2.0.conv1.weight": (128, 256, 1, 1),
+        "backbone.0.body.layer4.2.bn3.running_var": (2048,),
+        "input_proj.0.0.weight": (256, 512, 1, 1),
+        "input_proj.2.1.bias": (256,),
+        "input_proj.3.0.weight": (256, 2048, 3, 3),
+        "label_enc.weight": (92, 256),
+        "class_embed.0.weight": (91, 256),
+        "class_embed.5.bias": (91,),
+        "bbox_embed.0.layers.0.weight": (256, 256),
+        "bbox_embed.5.layers.2.weight": (4, 256),
+        "transformer.level_embed": (4, 256),
+        "transformer.tgt_embed.weight": (900, 256),
+        "transformer.enc_output.weight": (256, 256),
+        "transformer.enc_output_norm.bias": (256,),
+        "transformer.enc_out_class_embed.weight": (91, 256),
+        "transformer.enc_out_bbox_embed.layers.2.bias": (4,),
+        "transformer.encoder.layers.5.self_attn.sampling_offsets.weight": (256, 256),
+        "transformer.encoder.layers.0.self_attn.attention_weights.weight": (128, 256),
+        "transformer.encoder.layers.0.linear1.weight": (2048, 256),
+        "transformer.encoder.layers.3.norm2.weight": (256,),
+        "transformer.decoder.layers.5.cross_attn.value_proj.weight": (256, 256),
+        "transformer.decoder.layers.0.self_attn.in_proj_weight": (768, 256),
+        "transformer.decoder.layers.0.linear2.weight": (256, 2048),
+        "transformer.decoder.layers.2.norm3.bias": (256,),
+        "transformer.decoder.norm.weight": (256,),
+        "transformer.decoder.ref_point_head.layers.0.weight": (256, 512),
+        "transformer.decoder.ref_point_head.layers.1.bias": (256,),
+        "transformer.decoder.bbox_embed.3.layers.1.weight": (256, 256),
+        "transformer.decoder.class_embed.3.weight": (91, 256),
+    }
+    for key, shape in expected.items():
+        assert tuple(sd[key].shape) == shape, key
+    # dec_pred_*_embed_share: one head for all layers, shared with the decoder; the encoder's are copies.
+    assert dino_r50.class_embed[0] is dino_r50.class_embed[5] is dino_r50.transformer.decoder.class_embed[2]
+    assert dino_r50.bbox_embed[0] is dino_r50.transformer.decoder.bbox_embed[5]
+    assert dino_r50.transformer.enc_out_bbox_embed is not dino_r50.bbox_embed[0]
+    assert dino_r50.transformer.enc_out_class_embed is not dino_r50.class_embed[0]
+    for absent in ("query_embed", "transformer.reference_points", "transformer.encoder.norm", "transformer.pos_trans",
+                   "transformer.refpoint_embed", "bbox_head", "transformer.aux_pos_trans"):
+        assert not any(k.startswith(absent) for k in sd), absent
+
+
+def test_dino_co_head_keys():
+    model = build("dino", 91, "original", co_head=True, enc_layers=1, dec_layers=1)[0]
+    sd = model.state_dict()
+    expected = {
+        "bbox_head.0.cls_convs.0.conv.weight": (256, 256, 3, 3),
+        "bbox_head.0.reg_convs.0.gn.weight": (256,),
+        "bbox_head.0.atss_cls.weight": (91, 256, 3, 3),
+        "bbox_head.0.atss_reg.bias": (4,),
+        "bbox_head.0.atss_centerness.weight": (1, 256, 3, 3),
+        "bbox_head.0.scales.3.scale": (),
+        "transformer.aux_pos_trans.0.weight": (256, 512),
+        "transformer.aux_pos_trans_norm.0.bias": (256,),
+    }
+    for key, shape in expected.items():
+        assert tuple(sd[key].shape) == shape, key
 
 
 def test_deformable_refine_two_stage_keys():

@@ -1,5 +1,10 @@
 """One training step of each model in float64 with detr_ops ops vs the plain PyTorch references.
 
+DINO runs with every training-only branch that uses the ops: denoising, and each of H-DETR's
+one-to-many branch, Group DETR's groups and the Co-DETR-style head (ATSS assignment with the IoU
+op, positive queries); Deformable DETR with groups and the one-to-many branch. Both runs draw the
+same random denoising noise and query picks (the seed is reset before each forward).
+
 Both runs share the weights (the reference model loads the detr_ops model's state dict) and the
 batch; they differ only in the op implementations (MSDA kernel vs grid_sample, fused GIoU loss vs
 the formula, detr_ops.HungarianMatcher vs the scipy loop). Tolerance: in float64 the two
@@ -17,12 +22,24 @@ VARIANTS = [
     ("deformable_detr", {}),
     ("deformable_detr", {"with_box_refine": False}),
     ("deformable_detr", {"two_stage": True}),
+    ("deformable_detr", {"groups": 2}),
+    ("deformable_detr", {"two_stage": True, "one_to_many": 2}),
+    ("dino", {}),
+    ("dino", {"one_to_many": 2}),
+    ("dino", {"groups": 2}),
+    ("dino", {"co_head": True}),
 ]
+
+
+# Loss terms each branch must add (a branch that silently did not run would pass the comparisons).
+BRANCH_KEYS = {"one_to_many": ["loss_giou_one2many", "loss_ce_one2many_0"],
+               "co_head": ["loss_giou_co", "loss_ce_co_0", "loss_atss_cls", "loss_atss_giou", "loss_atss_centerness"]}
 
 
 def _step(model, criterion, images, mask, targets):
     model.zero_grad(set_to_none=True)
-    outputs = model(images, mask)
+    torch.manual_seed(1)
+    outputs = model(images, mask, targets)
     losses, indices = criterion(outputs, targets)
     total = criterion.total(losses)
     total.backward()
@@ -48,8 +65,16 @@ def test_training_step_parity_float64(name, overrides):
     assert losses.keys() == ref_losses.keys()
     for k in losses:
         torch.testing.assert_close(losses[k], ref_losses[k], rtol=1e-9, atol=1e-11, msg=k)
-    for (i, j), (ri, rj) in zip(indices, ref_indices):
+    expected = [k for option in overrides for k in BRANCH_KEYS.get(option, [])]
+    if name == "dino":
+        expected += ["loss_giou_dn", "loss_ce_dn_0", "loss_giou_interm"]
+    assert set(expected) <= losses.keys()
+    groups = overrides.get("groups", 1)
+    for (i, j), (ri, rj), t in zip(indices, ref_indices, targets):
         assert torch.equal(i, ri) and torch.equal(j, rj)
+        # Group DETR: every group matches every target once.
+        assert len(i) == groups * len(t["labels"])
+        assert sorted(j.tolist()) == sorted(list(range(len(t["labels"]))) * groups)
     assert grads.keys() == ref_grads.keys()
     # Every trainable parameter gets a gradient (no dead branch in either path).
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}

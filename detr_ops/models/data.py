@@ -8,7 +8,9 @@ a detector must use shape, not colour or edges alone. Item ``i`` of a split is a
 process, worker and run sees the same image, which is what lets 1-process and multi-process runs be
 compared. Different seeds give disjoint, held-out splits.
 """
+import json
 import math
+import os
 
 import numpy as np
 import torch
@@ -46,6 +48,9 @@ class SyntheticShapes(Dataset):
         self.max_size = max_size
         self.max_overlap = max_overlap
         self.num_classes = len(CLASSES)
+        self.class_names = list(CLASSES)
+        self.category_ids = [i + 1 for i in range(len(CLASSES))]  # COCO ids of labels 0, 1, 2
+        self.max_targets = max_objects
         self.epoch = None
 
     def set_epoch(self, epoch):
@@ -122,6 +127,7 @@ class SyntheticShapes(Dataset):
             "labels": torch.tensor(labels, dtype=torch.int64),
             "image_id": index,
             "size": torch.tensor([h, w]),
+            "orig_size": torch.tensor([h, w]),
         }
         return torch.from_numpy(image), target
 
@@ -140,6 +146,40 @@ class SyntheticShapes(Dataset):
                                     "bbox": xywh, "area": xywh[2] * xywh[3], "iscrowd": 0})
         categories = [{"id": i + 1, "name": n} for i, n in enumerate(CLASSES)]
         return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def export_coco(dataset, folder, split, image_format="png", category_ids=None, names=None):
+    """Writes ``dataset`` (a :class:`SyntheticShapes`) as a COCO-format split: real image files in
+    ``folder/images/{split}`` and ``folder/annotations/instances_{split}.json``. ``category_ids``
+    gives the COCO id of each label (sparse ids exercise the label mapping). Returns the JSON dict."""
+    from PIL import Image
+
+    if image_format not in ("png", "jpg"):
+        raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
+    category_ids = list(category_ids or [i + 1 for i in range(len(CLASSES))])
+    names = list(names or CLASSES)
+    image_dir = os.path.join(folder, "images", split)
+    os.makedirs(image_dir, exist_ok=True)
+    os.makedirs(os.path.join(folder, "annotations"), exist_ok=True)
+    images, annotations = [], []
+    for index in range(len(dataset)):
+        image, target = dataset[index]
+        h, w = target["size"].tolist()
+        pixels = ((image * STD + MEAN).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        name = f"{index:06d}.{image_format}"
+        options = {"quality": 95} if image_format == "jpg" else {}
+        Image.fromarray(pixels).save(os.path.join(image_dir, name), **options)
+        image_id = index + 1
+        images.append({"id": image_id, "file_name": name, "width": w, "height": h})
+        for (cx, cy, bw, bh), label in zip(target["boxes"].tolist(), target["labels"].tolist()):
+            xywh = [(cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h]
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": category_ids[label],
+                                "bbox": xywh, "area": xywh[2] * xywh[3], "iscrowd": 0})
+    coco = {"images": images, "annotations": annotations,
+            "categories": [{"id": c, "name": n} for c, n in zip(category_ids, names)]}
+    with open(os.path.join(folder, "annotations", f"instances_{split}.json"), "w") as f:
+        json.dump(coco, f)
+    return coco
 
 
 def collate(batch):

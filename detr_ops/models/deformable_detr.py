@@ -6,6 +6,12 @@ per level), ``query_embed`` (``2 * hidden``: positional half and content half), 
 boxes are not refined, as the original lists it), and ``transformer.decoder.bbox_embed.N`` /
 ``class_embed.N`` for the refinement / two-stage options. Classification is sigmoid (focal loss):
 ``num_classes`` logits, no "no object" class.
+
+Training-only one-to-many options (inference uses the ``num_queries`` one-to-one queries alone):
+``one_to_many_queries`` (H-DETR's hybrid branch: that many extra queries, scored against targets
+repeated k times by the criterion) and ``groups`` (Group DETR: K groups of ``num_queries``, each
+matched one-to-one). Both add rows to ``query_embed`` (or proposals, two-stage) and a
+self-attention mask that keeps the segments apart (:mod:`detr_ops.models.query_layout`).
 """
 import copy
 import math
@@ -18,20 +24,28 @@ from detr_ops.models.backbone import Backbone, Joiner
 from detr_ops.models.deformable_transformer import DeformableTransformer, inverse_sigmoid
 from detr_ops.models.mlp import MLP
 from detr_ops.models.position_encoding import PositionEmbeddingSine
+from detr_ops.models.query_layout import QueryLayout
 
 
 class DeformableDETR(nn.Module):
     def __init__(self, backbone, transformer, num_classes, num_queries, num_feature_levels, aux_loss=True,
-                 with_box_refine=False, two_stage=False, gn_groups=32):
+                 with_box_refine=False, two_stage=False, gn_groups=32, one_to_many_queries=0, groups=1):
         super().__init__()
+        if groups > 1 and one_to_many_queries:
+            raise ValueError("choose one of groups > 1 (Group DETR) and one_to_many_queries > 0 (H-DETR), not both")
+        if groups > 1 and two_stage:
+            raise ValueError("groups > 1 needs learnable queries; two-stage queries come from the proposals alone "
+                             "(every group would be the same)")
         hidden = transformer.d_model
         self.num_queries = num_queries
+        self.one_to_many_queries = one_to_many_queries
+        self.groups = groups
         self.transformer = transformer
         self.num_feature_levels = num_feature_levels
         class_embed = nn.Linear(hidden, num_classes)
         bbox_embed = MLP(hidden, hidden, 4, 3)
         if not two_stage:
-            self.query_embed = nn.Embedding(num_queries, hidden * 2)
+            self.query_embed = nn.Embedding(num_queries * groups + one_to_many_queries, hidden * 2)
         # One projection per backbone level; further levels come from stride-2 3x3 convs on the last.
         projs = [nn.Sequential(nn.Conv2d(c, hidden, 1), nn.GroupNorm(gn_groups, hidden))
                  for c in backbone.num_channels[:num_feature_levels]]
@@ -71,9 +85,14 @@ class DeformableDETR(nn.Module):
             for box_embed in self.bbox_embed:
                 nn.init.constant_(box_embed.layers[-1].bias[2:], 0.0)
 
-    def forward(self, images, mask):
+    def forward(self, images, mask, targets=None):
         """Same output dict as DETR (``pred_logits`` are ``num_classes`` sigmoid logits), plus
-        ``enc_outputs`` (the encoder's proposals) in two-stage mode."""
+        ``enc_outputs`` (the encoder's proposals) in two-stage mode. In training mode also
+        ``one_to_many_outputs`` (H-DETR) or ``query_groups`` (Group DETR: ``pred_logits`` holds all
+        groups, ``[B, K * num_queries, ...]``). ``targets`` is accepted for a uniform interface."""
+        layout = QueryLayout(self.num_queries)
+        if self.training:
+            layout = QueryLayout(self.num_queries, one_to_many=self.one_to_many_queries, groups=self.groups)
         features, pos = self.backbone(images, mask)
         srcs, masks = [], []
         for lvl, (feat, m) in enumerate(features):
@@ -85,8 +104,10 @@ class DeformableDETR(nn.Module):
             srcs.append(src)
             masks.append(m)
             pos.append(self.backbone[1](m).to(src.dtype))
-        query = None if self.two_stage else self.query_embed.weight
-        hs, init_ref, inter_refs, enc_class, enc_coord = self.transformer(srcs, masks, pos, query)
+        # Rows of query_embed: the main queries, then Group DETR's groups or H-DETR's extra queries.
+        query = None if self.two_stage else self.query_embed.weight[:layout.total]
+        hs, init_ref, inter_refs, enc_class, enc_coord = self.transformer(
+            srcs, masks, pos, query, layout.attention_mask(images.device), layout.total)
 
         logits, boxes = [], []
         for lvl in range(hs.shape[0]):
@@ -98,9 +119,20 @@ class DeformableDETR(nn.Module):
                 coord = torch.cat([delta[..., :2] + reference, delta[..., 2:]], -1)
             logits.append(self.class_embed[lvl](hs[lvl]))
             boxes.append(coord.sigmoid())
-        out = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
-        if self.aux_loss:
-            out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
+
+        def segment(sl):
+            out = {"pred_logits": logits[-1][:, sl], "pred_boxes": boxes[-1][:, sl]}
+            if self.aux_loss:
+                out["aux_outputs"] = [{"pred_logits": a[:, sl], "pred_boxes": b[:, sl]}
+                                      for a, b in zip(logits[:-1], boxes[:-1])]
+            return out
+
+        s = layout.slices()
+        out = segment(s["main"])
+        if layout.groups > 1:
+            out["query_groups"] = layout.groups
+        if layout.one_to_many:
+            out["one_to_many_outputs"] = segment(s["one_to_many"])
         if self.two_stage:
             out["enc_outputs"] = {"pred_logits": enc_class, "pred_boxes": enc_coord.sigmoid()}
         return out
@@ -109,7 +141,7 @@ class DeformableDETR(nn.Module):
 def build_deformable_detr(num_classes, backbone="resnet50", hidden_dim=256, nheads=8, enc_layers=6, dec_layers=6,
                           dim_feedforward=1024, dropout=0.1, num_queries=300, num_feature_levels=4, enc_n_points=4,
                           dec_n_points=4, with_box_refine=False, two_stage=False, aux_loss=True,
-                          pretrained_backbone=True, gn_groups=32, ops="detr_ops"):
+                          pretrained_backbone=True, gn_groups=32, one_to_many_queries=0, groups=1, ops="detr_ops"):
     """Deformable DETR with the original defaults (R50, 4 levels, 300 queries, 4 points)."""
     body = Backbone(backbone, return_interm_layers=num_feature_levels > 1, freeze_stem=pretrained_backbone)
     joiner = Joiner(body, PositionEmbeddingSine(hidden_dim // 2, normalize=True, offset=-0.5))
@@ -118,4 +150,4 @@ def build_deformable_detr(num_classes, backbone="resnet50", hidden_dim=256, nhea
                                         enc_n_points=enc_n_points, two_stage=two_stage,
                                         two_stage_num_proposals=num_queries, ops=ops)
     return DeformableDETR(joiner, transformer, num_classes, num_queries, num_feature_levels, aux_loss,
-                          with_box_refine, two_stage, gn_groups)
+                          with_box_refine, two_stage, gn_groups, one_to_many_queries, groups)

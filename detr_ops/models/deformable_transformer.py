@@ -21,6 +21,45 @@ def inverse_sigmoid(x, eps=1e-5):
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
 
+def proposal_pos_embed(proposals, num_pos_feats):
+    """Sine embedding of each proposal's 4 logit coordinates: ``[B, K, 4] -> [B, K, 4 * num_pos_feats]``
+    (temperature 10000, scale 2*pi; Deformable DETR's and Co-DETR's ``get_proposal_pos_embed``)."""
+    dim_t = torch.arange(num_pos_feats, dtype=proposals.dtype, device=proposals.device)
+    dim_t = 10000 ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_pos_feats)
+    pos = proposals.sigmoid()[:, :, :, None] * (2 * math.pi) / dim_t
+    return torch.stack((pos[:, :, :, 0::2].sin(), pos[:, :, :, 1::2].cos()), dim=4).flatten(2)
+
+
+def encoder_output_proposals(memory, padding_mask, spatial_shapes_list):
+    """One proposal box per encoder pixel (its centre, a size growing with the level), in logit
+    space; padded pixels and proposals too close to the border get +inf so top-k skips them.
+    Returns the memory with those pixels zeroed, and the proposals ``[B, S, 4]`` (Deformable DETR's
+    and DINO's ``gen_encoder_output_proposals`` without the projection)."""
+    n = memory.shape[0]
+    proposals = []
+    start = 0
+    for lvl, (h, w) in enumerate(spatial_shapes_list):
+        mask = padding_mask[:, start:start + h * w].view(n, h, w)
+        valid_h = (~mask[:, :, 0]).sum(1)
+        valid_w = (~mask[:, 0, :]).sum(1)
+        ys = torch.arange(h, dtype=memory.dtype, device=memory.device)  # linspace(0, h - 1, h), export-friendly
+        xs = torch.arange(w, dtype=memory.dtype, device=memory.device)
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+        grid = torch.stack([grid_x, grid_y], -1)
+        scale = torch.stack([valid_w, valid_h], -1).view(n, 1, 1, 2).to(memory.dtype)
+        grid = (grid.unsqueeze(0).expand(n, -1, -1, -1) + 0.5) / scale
+        wh = torch.ones_like(grid) * 0.05 * (2.0 ** lvl)
+        proposals.append(torch.cat((grid, wh), -1).view(n, -1, 4))
+        start += h * w
+    proposals = torch.cat(proposals, 1)
+    valid = ((proposals > 0.01) & (proposals < 0.99)).all(-1, keepdim=True)
+    proposals = torch.log(proposals / (1 - proposals))
+    proposals = proposals.masked_fill(padding_mask.unsqueeze(-1), float("inf"))
+    proposals = proposals.masked_fill(~valid, float("inf"))
+    out = memory.masked_fill(padding_mask.unsqueeze(-1), 0.0).masked_fill(~valid, 0.0)
+    return out, proposals
+
+
 class DeformableTransformerEncoderLayer(nn.Module):
     def __init__(self, d_model=256, d_ffn=1024, dropout=0.1, activation="relu", n_levels=4, n_heads=8, n_points=4,
                  ops="detr_ops"):
@@ -56,8 +95,9 @@ class DeformableTransformerEncoder(nn.Module):
         device = valid_ratios.device
         refs = []
         for lvl, (h, w) in enumerate(spatial_shapes_list):
-            ys = torch.linspace(0.5, h - 0.5, h, dtype=dtype, device=device)
-            xs = torch.linspace(0.5, w - 0.5, w, dtype=dtype, device=device)
+            # arange + 0.5 (the values of linspace(0.5, h - 0.5, h)) keeps h symbolic under torch.export.
+            ys = torch.arange(h, dtype=dtype, device=device) + 0.5
+            xs = torch.arange(w, dtype=dtype, device=device) + 0.5
             ref_y, ref_x = torch.meshgrid(ys, xs, indexing="ij")
             # Normalised by the valid (unpadded) extent of each image...
             ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, lvl, 1] * h)
@@ -90,9 +130,13 @@ class DeformableTransformerDecoderLayer(nn.Module):
         self.dropout4 = nn.Dropout(dropout)
         self.norm3 = nn.LayerNorm(d_model)
 
-    def forward(self, tgt, query_pos, reference_points, src, spatial_shapes, level_start_index, padding_mask):
+    def forward(self, tgt, query_pos, reference_points, src, spatial_shapes, level_start_index, padding_mask,
+                self_attn_mask=None):
+        """``self_attn_mask [Q, Q]`` (True: may not attend) separates training-only query segments
+        (:mod:`detr_ops.models.query_layout`)."""
         q = k = with_pos(tgt, query_pos)
-        attn = self.self_attn(q.transpose(0, 1), k.transpose(0, 1), tgt.transpose(0, 1), need_weights=False)[0]
+        attn = self.self_attn(q.transpose(0, 1), k.transpose(0, 1), tgt.transpose(0, 1), attn_mask=self_attn_mask,
+                              need_weights=False)[0]
         tgt = self.norm2(tgt + self.dropout2(attn.transpose(0, 1)))
         cross = self.cross_attn(with_pos(tgt, query_pos), reference_points, src, spatial_shapes, level_start_index,
                                 padding_mask)
@@ -111,7 +155,7 @@ class DeformableTransformerDecoder(nn.Module):
         self.class_embed = None
 
     def forward(self, tgt, reference_points, src, spatial_shapes, level_start_index, valid_ratios, query_pos,
-                padding_mask):
+                padding_mask, self_attn_mask=None):
         """Returns every layer's output ``[layers, B, Q, C]`` and the reference points each layer's
         boxes are predicted relative to ``[layers, B, Q, 2 or 4]``."""
         output = tgt
@@ -121,7 +165,8 @@ class DeformableTransformerDecoder(nn.Module):
                 ref_input = reference_points[:, :, None] * torch.cat([valid_ratios, valid_ratios], -1)[:, None]
             else:
                 ref_input = reference_points[:, :, None] * valid_ratios[:, None]
-            output = layer(output, query_pos, ref_input, src, spatial_shapes, level_start_index, padding_mask)
+            output = layer(output, query_pos, ref_input, src, spatial_shapes, level_start_index, padding_mask,
+                           self_attn_mask)
             if self.bbox_embed is not None:
                 # Iterative refinement: this layer's box head corrects the boxes in logit space; the
                 # next layer samples around the corrected boxes, without gradient through them.
@@ -176,38 +221,10 @@ class DeformableTransformer(nn.Module):
         nn.init.normal_(self.level_embed)
 
     def get_proposal_pos_embed(self, proposals):
-        """Sine embedding of each proposal's 4 logit coordinates: ``[B, K, 4] -> [B, K, 2 * d_model]``."""
-        num_pos_feats = self.d_model // 2
-        dim_t = torch.arange(num_pos_feats, dtype=proposals.dtype, device=proposals.device)
-        dim_t = 10000 ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_pos_feats)
-        pos = proposals.sigmoid()[:, :, :, None] * (2 * math.pi) / dim_t
-        return torch.stack((pos[:, :, :, 0::2].sin(), pos[:, :, :, 1::2].cos()), dim=4).flatten(2)
+        return proposal_pos_embed(proposals, self.d_model // 2)
 
     def gen_encoder_output_proposals(self, memory, padding_mask, spatial_shapes_list):
-        """One proposal box per encoder pixel (its centre, a size growing with the level), in logit
-        space; padded pixels and proposals too close to the border get +inf so top-k skips them."""
-        n = memory.shape[0]
-        proposals = []
-        start = 0
-        for lvl, (h, w) in enumerate(spatial_shapes_list):
-            mask = padding_mask[:, start:start + h * w].view(n, h, w)
-            valid_h = (~mask[:, :, 0]).sum(1)
-            valid_w = (~mask[:, 0, :]).sum(1)
-            ys = torch.linspace(0, h - 1, h, dtype=memory.dtype, device=memory.device)
-            xs = torch.linspace(0, w - 1, w, dtype=memory.dtype, device=memory.device)
-            grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-            grid = torch.stack([grid_x, grid_y], -1)
-            scale = torch.stack([valid_w, valid_h], -1).view(n, 1, 1, 2).to(memory.dtype)
-            grid = (grid.unsqueeze(0).expand(n, -1, -1, -1) + 0.5) / scale
-            wh = torch.ones_like(grid) * 0.05 * (2.0 ** lvl)
-            proposals.append(torch.cat((grid, wh), -1).view(n, -1, 4))
-            start += h * w
-        proposals = torch.cat(proposals, 1)
-        valid = ((proposals > 0.01) & (proposals < 0.99)).all(-1, keepdim=True)
-        proposals = torch.log(proposals / (1 - proposals))
-        proposals = proposals.masked_fill(padding_mask.unsqueeze(-1), float("inf"))
-        proposals = proposals.masked_fill(~valid, float("inf"))
-        out = memory.masked_fill(padding_mask.unsqueeze(-1), 0.0).masked_fill(~valid, 0.0)
+        out, proposals = encoder_output_proposals(memory, padding_mask, spatial_shapes_list)
         return self.enc_output_norm(self.enc_output(out)), proposals
 
     @staticmethod
@@ -217,8 +234,10 @@ class DeformableTransformer(nn.Module):
         valid_w = (~mask[:, 0, :]).sum(1)
         return torch.stack([valid_w / w, valid_h / h], -1)
 
-    def forward(self, srcs, masks, pos_embeds, query_embed=None):
+    def forward(self, srcs, masks, pos_embeds, query_embed=None, self_attn_mask=None, num_proposals=None):
         """srcs / masks / pos_embeds: one ``[B, C, H, W]`` / ``[B, H, W]`` / ``[B, C, H, W]`` per level.
+        ``self_attn_mask`` separates training-only query segments; ``num_proposals`` (two-stage)
+        overrides how many top-scoring proposals become queries (H-DETR's extra queries in training).
 
         Returns decoder outputs ``[layers, B, Q, C]``, initial references ``[B, Q, 2 or 4]``, per-layer
         references, and (two-stage) the encoder's class logits and box logits per pixel.
@@ -237,7 +256,7 @@ class DeformableTransformer(nn.Module):
         pos_flat = torch.cat(pos_flat, 1)
         # Shapes are static Python ints from the tensors' sizes: the device tensors MSDA needs are
         # built from them, and loops use the ints, so nothing reads a device tensor back.
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=src_flat.device)
+        spatial_shapes = torch.tensor(shapes, dtype=torch.long, device=src_flat.device)
         level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
         valid_ratios = torch.stack([self.get_valid_ratio(m) for m in masks], 1).to(src_flat.dtype)
 
@@ -250,17 +269,19 @@ class DeformableTransformer(nn.Module):
             # The extra (last) class / box heads score and regress every encoder pixel's proposal.
             enc_class = self.decoder.class_embed[self.decoder.num_layers](output_memory)
             enc_coord = self.decoder.bbox_embed[self.decoder.num_layers](output_memory) + proposals
-            topk = torch.topk(enc_class[..., 0], self.two_stage_num_proposals, dim=1)[1]
+            topk = torch.topk(enc_class[..., 0], num_proposals or self.two_stage_num_proposals, dim=1)[1]
             topk_coords = torch.gather(enc_coord, 1, topk.unsqueeze(-1).expand(-1, -1, 4)).detach()
             reference_points = topk_coords.sigmoid()
             pos_trans = self.pos_trans_norm(self.pos_trans(self.get_proposal_pos_embed(topk_coords)))
             query_pos, tgt = torch.split(pos_trans, c, dim=2)
         else:
             query_pos, tgt = torch.split(query_embed, c, dim=1)
-            query_pos = query_pos.unsqueeze(0).expand(bs, -1, -1)
-            tgt = tgt.unsqueeze(0).expand(bs, -1, -1)
+            # repeat, not expand: a stride-0 batch reaching nn.Linear makes torch.export's matmul
+            # decomposition (run_decompositions) specialise the batch size.
+            query_pos = query_pos.unsqueeze(0).repeat(bs, 1, 1)
+            tgt = tgt.unsqueeze(0).repeat(bs, 1, 1)
             reference_points = self.reference_points(query_pos).sigmoid()
         init_reference = reference_points
         hs, inter_references = self.decoder(tgt, reference_points, memory, spatial_shapes, level_start_index,
-                                            valid_ratios, query_pos, mask_flat)
+                                            valid_ratios, query_pos, mask_flat, self_attn_mask)
         return hs, init_reference, inter_references, enc_class, enc_coord

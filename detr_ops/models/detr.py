@@ -26,8 +26,9 @@ class DETR(nn.Module):
         self.backbone = backbone
         self.aux_loss = aux_loss
 
-    def forward(self, images, mask):
-        """images [B, 3, H, W], mask [B, H, W] (True at padding). Returns DETR's output dict:
+    def forward(self, images, mask, targets=None):
+        """images [B, 3, H, W], mask [B, H, W] (True at padding); ``targets`` is accepted (and unused)
+        for the models' uniform interface. Returns DETR's output dict:
         ``pred_logits [B, Q, K+1]``, ``pred_boxes [B, Q, 4]`` (cxcywh in [0, 1]) and ``aux_outputs``."""
         features, pos = self.backbone(images, mask)
         src, mask = features[-1]

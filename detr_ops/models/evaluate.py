@@ -1,4 +1,5 @@
-"""COCO AP / AP50 / AP75 of a model on a held-out synthetic split, with pycocotools.
+"""COCO AP / AP50 / AP75 of a model on the held-out split of its training run (synthetic, or the
+COCO-format folder's ``val`` split, scored in original pixels and category ids), with pycocotools.
 
 ``python -m detr_ops.models.evaluate --checkpoint run/checkpoint.pth [--device cpu] [--val-size 500]``
 Under torchrun each rank evaluates its share of the images; rank 0 scores them all.
@@ -10,8 +11,9 @@ import json
 
 import torch
 
-from detr_ops.models import distributed
-from detr_ops.models.data import SyntheticShapes, collate
+from detr_ops.models import datasets, distributed
+from detr_ops.models.build import is_focal, load_checkpoint
+from detr_ops.models.data import collate
 from detr_ops.models.postprocess import postprocess
 
 
@@ -26,20 +28,22 @@ def load_coco_api():
 
 @torch.no_grad()
 def predict(model, dataset, focal, device, batch_size=32, indices=None):
-    """COCO-format detections (xywh pixels, category id = label + 1) for ``indices`` of ``dataset``."""
+    """COCO-format detections for ``indices`` of ``dataset``: xywh boxes in the original image's
+    pixels (``orig_size``), category ids from ``dataset.category_ids``."""
     model.eval()
     indices = list(range(len(dataset))) if indices is None else list(indices)
     detections = []
+    category_ids = dataset.category_ids
     for start in range(0, len(indices), batch_size):
         batch = [dataset[i] for i in indices[start:start + batch_size]]
         images, mask, targets = collate(batch)
         outputs = model(images.to(device), mask.to(device))
-        sizes = torch.stack([t["size"] for t in targets]).to(device)
+        sizes = torch.stack([t["orig_size"] for t in targets]).to(device)
         for target, result in zip(targets, postprocess(outputs, sizes, focal)):
             for score, label, box in zip(result["scores"].tolist(), result["labels"].tolist(),
                                          result["boxes"].tolist()):
                 x0, y0, x1, y1 = box
-                detections.append({"image_id": target["image_id"], "category_id": label + 1,
+                detections.append({"image_id": target["image_id"], "category_id": category_ids[label],
                                    "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score})
     return detections
 
@@ -75,19 +79,17 @@ def evaluate(model, dataset, focal, device, batch_size=32, verbose=False):
 
 
 def main(argv=None):
-    from detr_ops.models.train import load_checkpoint
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--val-size", type=int, default=None, help="images (default: the training run's)")
+    parser.add_argument("--val-size", type=int, default=None,
+                        help="synthetic images (default: the training run's; a COCO-format val split is used whole)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--ops", default=None, help="detr_ops or reference (default: the training run's)")
     args = parser.parse_args(argv)
     model, config = load_checkpoint(args.checkpoint, args.device, ops=args.ops)
-    dataset = SyntheticShapes(args.val_size or config["val_size"], seed=config["seed"] + 1,
-                              image_size=config["image_size"], max_objects=config["max_objects"])
-    metrics = evaluate(model, dataset, config["model"] != "detr", args.device, args.batch_size, verbose=True)
+    dataset = datasets.val_set(config, args.val_size)
+    metrics = evaluate(model, dataset, is_focal(config["model"]), args.device, args.batch_size, verbose=True)
     print(json.dumps(metrics))
 
 

@@ -10,6 +10,7 @@ MSDA module            :class:`detr_ops.MSDeformAttn`   same module, grid_sample
 GIoU loss (cxcywh)     ``detr_ops.generalized_box_iou_  the textbook formula on xyxy boxes
                        loss(box_format="cxcywh")``
 Hungarian matcher      ``detr_ops.HungarianMatcher``    DETR's cost matrix + scipy loop
+pairwise IoU (xyxy)    ``detr_ops.box_iou``             the textbook formula (ATSS assignment)
 =====================  ===============================  ===========================================
 
 The reference path needs no compiled extension, so it is also what users without a build run.
@@ -17,7 +18,7 @@ The reference path needs no compiled extension, so it is also what users without
 
 from detr_ops.nn.ms_deform_attn import MSDeformAttn
 from detr_ops.ops.box_convert import box_cxcywh_to_xyxy
-from detr_ops.reference.box_iou import generalized_box_iou_loss_reference
+from detr_ops.reference.box_iou import box_iou_reference, generalized_box_iou_loss_reference
 from detr_ops.reference.hungarian_matcher import HungarianMatcherReference
 from detr_ops.reference.ms_deform_attn import ms_deform_attn_pytorch
 
@@ -58,3 +59,12 @@ def matcher(ops: str, **kwargs):
 
         return HungarianMatcher(**kwargs)
     return HungarianMatcherReference(**kwargs)
+
+
+def box_iou(ops: str):
+    """``fn(boxes1 [B, N, 4], boxes2 [B, M, 4]) -> [B, N, M]`` pairwise IoU of xyxy boxes."""
+    if check(ops) == "detr_ops":
+        from detr_ops.ops.box_iou import box_iou as fused
+
+        return fused
+    return box_iou_reference

@@ -1,10 +1,11 @@
 """Model outputs -> scored, labelled pixel boxes (DETR's and Deformable DETR's ``PostProcess``)."""
 import torch
 
+from detr_ops.ops.box_convert import box_cxcywh_to_xyxy
+
 
 def _scale_boxes(boxes, sizes):
-    cx, cy, w, h = boxes.unbind(-1)
-    xyxy = torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], -1)
+    xyxy = box_cxcywh_to_xyxy(boxes)
     img_h, img_w = sizes.unbind(1)
     return xyxy * torch.stack([img_w, img_h, img_w, img_h], 1)[:, None, :].to(xyxy.dtype)
 
@@ -18,6 +19,13 @@ def postprocess(outputs, sizes, focal, top_k=100):
     (Deformable DETR) rank all query x class scores and keep the ``top_k`` best, so one query may
     report several classes, as the original evaluates.
     """
+    scores, labels, boxes = postprocess_batched(outputs, sizes, focal, top_k)
+    return [{"scores": s, "labels": l, "boxes": bx} for s, l, bx in zip(scores, labels, boxes)]
+
+
+def postprocess_batched(outputs, sizes, focal, top_k=100):
+    """:func:`postprocess` as batched tensors ``(scores [B, K], labels [B, K], boxes [B, K, 4])``
+    (traceable: the exported inference graphs end with it)."""
     logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
     boxes = _scale_boxes(boxes.float(), sizes)
     if focal:
@@ -28,4 +36,4 @@ def postprocess(outputs, sizes, focal, top_k=100):
         boxes = torch.gather(boxes, 1, (index // k).unsqueeze(-1).expand(-1, -1, 4))
     else:
         scores, labels = logits.float().softmax(-1)[..., :-1].max(-1)
-    return [{"scores": s, "labels": l, "boxes": bx} for s, l, bx in zip(scores, labels, boxes)]
+    return scores, labels, boxes

@@ -47,3 +47,10 @@ class HungarianMatcherReference(nn.Module):
         sizes = [len(v["boxes"]) for v in targets]
         indices = [scipy.optimize.linear_sum_assignment(c[i]) for i, c in enumerate(cost.split(sizes, -1))]
         return [(torch.as_tensor(i, dtype=torch.int64), torch.as_tensor(j, dtype=torch.int64)) for i, j in indices]
+
+    def forward_many(self, list_of_outputs, targets):
+        """One ``forward`` per outputs dict (the codebases' loop), with detr_ops.HungarianMatcher's
+        ``forward_many`` interface: ``targets`` shared by every dict, or a list with one per dict."""
+        per_output = len(targets) > 0 and all(isinstance(t, (list, tuple)) for t in targets)
+        targets_list = targets if per_output else [targets] * len(list_of_outputs)
+        return [self(outputs, t) for outputs, t in zip(list_of_outputs, targets_list)]

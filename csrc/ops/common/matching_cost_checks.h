@@ -5,8 +5,35 @@
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <c10/util/Exception.h>
+#include <c10/util/string_view.h>
+
+#include <string>
+
+#include "ops/common/matching_cost.h"
 
 namespace detr_ops::matching {
+
+// The schema's class_cost string -> ClassCost (the names detr_ops/ops/matching_cost.py documents).
+inline ClassCost parse_class_cost(c10::string_view name) {
+  if (name == "softmax") return ClassCost::kSoftmax;
+  if (name == "focal") return ClassCost::kFocal;
+  if (name == "focal_logsigmoid") return ClassCost::kFocalLogsigmoid;
+  if (name == "iou_aware") return ClassCost::kIouAware;
+  TORCH_CHECK_VALUE(false, "class_cost must be one of 'softmax', 'focal', 'focal_logsigmoid', 'iou_aware', got '",
+                    std::string(name.data(), name.size()), "'");
+}
+
+template <typename acc_t>
+CostParams<acc_t> cost_params(ClassCost kind, double cost_class, double cost_bbox, double cost_giou, double alpha,
+                              double gamma, double iou_power) {
+  return {kind,
+          static_cast<acc_t>(cost_class),
+          static_cast<acc_t>(cost_bbox),
+          static_cast<acc_t>(cost_giou),
+          static_cast<acc_t>(alpha),
+          static_cast<acc_t>(gamma),
+          static_cast<acc_t>(iou_power)};
+}
 
 inline void check_inputs(const at::Tensor& logits, const at::Tensor& boxes, const at::Tensor& labels,
                          const at::Tensor& tboxes, const at::Tensor& num_targets) {

@@ -2,14 +2,15 @@
 // that image (class + L1 + GIoU). No [B*Q, sum T] matrix.
 // DETR's softmax class cost needs a normalisation over all K classes; that table, -softmax [B, Q, K],
 // comes from ATen's vectorised softmax, because a scalar exp per logit dominated the fused loop.
-// Deformable DETR's focal cost depends on the target's logit only, so it is computed in the loop for
-// the T targets (a table over all K classes of pow and log costs more than it saves).
+// The other class costs (focal, RF-DETR's logsigmoid focal, DEIMv2's IoU-aware) depend on the
+// target's logit only, so they are computed in the loop for the T targets (a table over all K
+// classes of pow and log costs more than it saves).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -22,15 +23,17 @@ namespace {
 
 at::Tensor matching_cost_cpu(const at::Tensor& pred_logits, const at::Tensor& pred_boxes, const at::Tensor& tgt_labels,
                              const at::Tensor& tgt_boxes, const at::Tensor& num_targets, double cost_class,
-                             double cost_bbox, double cost_giou, bool focal, double focal_alpha, double focal_gamma) {
+                             double cost_bbox, double cost_giou, c10::string_view class_cost, double focal_alpha,
+                             double focal_gamma, double iou_power) {
+  const ClassCost kind = parse_class_cost(class_cost);
   // a named struct, not structured bindings: C++17 lambdas (the CUDA build) cannot capture those
   const Prepared in = prepare(pred_logits, pred_boxes, tgt_labels, tgt_boxes, num_targets);
   const at::Tensor &logits = in.logits, &boxes = in.boxes, &tboxes = in.tboxes, &labels = in.labels;
   const at::Tensor &counts = in.counts, &out = in.out;
   const int64_t B = pred_logits.size(0), Q = pred_logits.size(1), K = pred_logits.size(2), T = tgt_labels.size(1);
   if (out.numel() == 0) return out;
-  // -softmax for DETR's cost; for the focal cost the loop reads the logits themselves
-  const at::Tensor class_table = focal ? logits : -at::softmax(logits, -1);
+  // -softmax for DETR's cost; the other class costs read the logits themselves
+  const at::Tensor class_table = kind == ClassCost::kSoftmax ? -at::softmax(logits, -1) : logits;
   // prepare() converted the floats to the accumulation type: scalar_t is float or double
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "matching_cost_cpu", [&] {
     const scalar_t* pb = boxes.const_data_ptr<scalar_t>();
@@ -38,17 +41,25 @@ at::Tensor matching_cost_cpu(const at::Tensor& pred_logits, const at::Tensor& pr
     const int64_t* plab = labels.const_data_ptr<int64_t>();
     const int64_t* pn = counts.const_data_ptr<int64_t>();
     scalar_t* po = out.mutable_data_ptr<scalar_t>();
-    const scalar_t wc = static_cast<scalar_t>(cost_class), wb = static_cast<scalar_t>(cost_bbox);
-    const scalar_t wg = static_cast<scalar_t>(cost_giou);
+    const CostParams<scalar_t> params =
+        cost_params<scalar_t>(kind, cost_class, cost_bbox, cost_giou, focal_alpha, focal_gamma, iou_power);
     const scalar_t inf = std::numeric_limits<scalar_t>::infinity(), nan = std::numeric_limits<scalar_t>::quiet_NaN();
-    const scalar_t alpha = static_cast<scalar_t>(focal_alpha), gamma = static_cast<scalar_t>(focal_gamma);
     const scalar_t* pc = class_table.const_data_ptr<scalar_t>();
-    cpu::parallel_for(0, B * Q, std::max<int64_t>(1, 4096 / std::max<int64_t>(T, 1)), [&](int64_t begin, int64_t end) {
+    // tasks of about 4096 pairs, handed out one at a time (cpu::parallel_tasks: a late thread does less)
+    const int64_t rows_per_task = std::max<int64_t>(1, 4096 / std::max<int64_t>(T, 1));
+    const int64_t num_tasks = (B * Q + rows_per_task - 1) / rows_per_task;
+    struct NoState {};
+    cpu::parallel_tasks<NoState>(num_tasks, [&](int64_t task, NoState&) {
+      const int64_t begin = task * rows_per_task, end = std::min(B * Q, begin + rows_per_task);
       for (int64_t r = begin; r < end; ++r) {
         const int64_t b = r / Q;
         const scalar_t* row = pc + r * K;
-        const int64_t n = std::min(std::max<int64_t>(pn[b], 0), T);
+        const int64_t n = pn[b];
         scalar_t* o = po + r * T;
+        if (n < 0 || n > T) {  // a count the block cannot hold: NaN, never a silent clamp
+          std::fill(o, o + T, nan);
+          continue;
+        }
         for (int64_t t = 0; t < T; ++t) {
           if (t >= n) {
             o[t] = inf;
@@ -59,11 +70,10 @@ at::Tensor matching_cost_cpu(const at::Tensor& pred_logits, const at::Tensor& pr
             o[t] = nan;
             continue;
           }
-          const scalar_t class_term = focal ? focal_class_cost<scalar_t>(row[label], alpha, gamma) : row[label];
-          o[t] = pair_cost<scalar_t>(class_term, pb + r * 4, ptb + (b * T + t) * 4, wc, wb, wg);
+          o[t] = pair_cost<scalar_t>(row[label], pb + r * 4, ptb + (b * T + t) * 4, params);
         }
       }
-    });
+    }, /*parallel=*/num_tasks > 1);
   });
   return out;
 }

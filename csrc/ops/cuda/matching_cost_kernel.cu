@@ -26,8 +26,7 @@ template <typename scalar_t>
 __global__ void matching_cost_kernel(const scalar_t* __restrict__ logits, const scalar_t* __restrict__ boxes,
                                      const int64_t* __restrict__ labels, const scalar_t* __restrict__ tboxes,
                                      const int64_t* __restrict__ counts, scalar_t* __restrict__ out, int64_t B,
-                                     int64_t Q, int64_t K, int64_t T, scalar_t wc, scalar_t wb, scalar_t wg, bool focal,
-                                     scalar_t alpha, scalar_t gamma) {
+                                     int64_t Q, int64_t K, int64_t T, CostParams<scalar_t> params) {
   const int lane = cuda::lane_id();
   const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + cuda::warp_id();
   if (r >= B * Q) return;  // warp-uniform: the shuffles below see whole warps
@@ -35,16 +34,20 @@ __global__ void matching_cost_kernel(const scalar_t* __restrict__ logits, const 
   const scalar_t* row = logits + r * K;
   const scalar_t inf = std::numeric_limits<scalar_t>::infinity();
   scalar_t mx = -inf, sum = scalar_t(0);
-  if (!focal) {
+  if (params.kind == ClassCost::kSoftmax) {  // the other class costs read the label's logit only
     for (int64_t k = lane; k < K; k += cuda::kWarpSize) mx = max(mx, row[k]);
     mx = cuda::warp_max(mx);
     for (int64_t k = lane; k < K; k += cuda::kWarpSize) sum += exp(row[k] - mx);
     sum = cuda::warp_sum(sum);
   }
-  int64_t n = counts[b];
-  n = n < 0 ? 0 : (n > T ? T : n);
+  const int64_t n = counts[b];
+  const bool bad_count = n < 0 || n > T;  // NaN block, never a silent clamp (the solver reports it)
   scalar_t* o = out + r * T;
   for (int64_t t = lane; t < T; t += cuda::kWarpSize) {
+    if (bad_count) {
+      o[t] = std::numeric_limits<scalar_t>::quiet_NaN();
+      continue;
+    }
     if (t >= n) {
       o[t] = inf;
       continue;
@@ -54,16 +57,16 @@ __global__ void matching_cost_kernel(const scalar_t* __restrict__ logits, const 
       o[t] = std::numeric_limits<scalar_t>::quiet_NaN();
       continue;
     }
-    const scalar_t class_term =
-        focal ? focal_class_cost<scalar_t>(row[label], alpha, gamma) : -(exp(row[label] - mx) / sum);
-    o[t] = pair_cost<scalar_t>(class_term, boxes + r * 4, tboxes + (b * T + t) * 4, wc, wb, wg);
+    const scalar_t class_input = params.kind == ClassCost::kSoftmax ? -(exp(row[label] - mx) / sum) : row[label];
+    o[t] = pair_cost<scalar_t>(class_input, boxes + r * 4, tboxes + (b * T + t) * 4, params);
   }
 }
 
 at::Tensor matching_cost_cuda(const at::Tensor& pred_logits, const at::Tensor& pred_boxes,
                               const at::Tensor& tgt_labels, const at::Tensor& tgt_boxes,
                               const at::Tensor& num_targets, double cost_class, double cost_bbox, double cost_giou,
-                              bool focal, double focal_alpha, double focal_gamma) {
+                              c10::string_view class_cost, double focal_alpha, double focal_gamma, double iou_power) {
+  const ClassCost kind = parse_class_cost(class_cost);
   // a named struct, not structured bindings: C++17 lambdas (the CUDA build) cannot capture those
   const Prepared in = prepare(pred_logits, pred_boxes, tgt_labels, tgt_boxes, num_targets);
   const at::Tensor &logits = in.logits, &boxes = in.boxes, &tboxes = in.tboxes, &labels = in.labels;
@@ -76,8 +79,7 @@ at::Tensor matching_cost_cuda(const at::Tensor& pred_logits, const at::Tensor& p
                                      c10::cuda::getCurrentCUDAStream()>>>(
         logits.const_data_ptr<scalar_t>(), boxes.const_data_ptr<scalar_t>(), labels.const_data_ptr<int64_t>(),
         tboxes.const_data_ptr<scalar_t>(), counts.const_data_ptr<int64_t>(), out.mutable_data_ptr<scalar_t>(), B, Q,
-        K, T, static_cast<scalar_t>(cost_class), static_cast<scalar_t>(cost_bbox), static_cast<scalar_t>(cost_giou),
-        focal, static_cast<scalar_t>(focal_alpha), static_cast<scalar_t>(focal_gamma));
+        K, T, cost_params<scalar_t>(kind, cost_class, cost_bbox, cost_giou, focal_alpha, focal_gamma, iou_power));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
