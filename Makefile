@@ -4,13 +4,13 @@
 # Both create .venv on first use (CPU torch 2.13.0 where no torch is present), build detr_ops into
 # it and run. Other targets: bench-full, bench-load, bench-compare A=... B=..., cmake-test,
 # cuda-build-check, triton-aot (every Triton kernel compiled for sm_80/sm_90), gpu-check-dry-run
-# (scripts/gpu_check.sh rehearsed).
+# (scripts/gpu_check.sh rehearsed), sanitize (ASan + UBSan build of the C++ kernels, their tests).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.detr_ops-env
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: bench bench-full bench-load bench-compare test cmake-test cuda-build-check triton-aot gpu-check-dry-run build clean
+.PHONY: bench bench-full bench-load bench-compare test cmake-test cuda-build-check triton-aot gpu-check-dry-run sanitize build clean
 
 $(STAMP): requirements-dev.txt setup.py scripts/setup_env.sh
 	bash scripts/setup_env.sh $(VENV)
@@ -50,6 +50,11 @@ triton-aot: $(STAMP)
 
 gpu-check-dry-run: $(STAMP)
 	PYTHON=$(PY) bash scripts/gpu_check.sh --dry-run build/gpu-check-dry-run
+
+# The extension built with ASan + UBSan (-fno-wrapv) in build/sanitize, the C++-kernel tests and
+# the adversarial cases run on it (scripts/sanitize.sh).
+sanitize: $(STAMP)
+	bash scripts/sanitize.sh $(VENV)
 
 clean:
 	rm -rf build detr_ops/*.so
