@@ -1,7 +1,12 @@
-"""Linear sum assignment: detr_ops against scipy, lap and DETR's per-image scipy loop.
+"""Linear sum assignment: detr_ops against scipy, lap, lapx and DETR's per-image scipy loop.
 
 * single problems (``shapes.LSA_SINGLE``, uniform random float64): ``detr_ops.linear_sum_assignment``
-  vs ``scipy.optimize.linear_sum_assignment`` and ``lap.lapjv`` (extend_cost for rectangles);
+  vs ``scipy.optimize.linear_sum_assignment``, ``lap.lapjv`` and lapx's ``lapjvx`` and ``lapjvr``
+  (extend_cost for rectangles; lapx is loaded beside lap by ``benchmarks/lap_baselines.py``);
+* equal-size DETR batches (``shapes.LSA_UNIFORM_BATCH``): ``detr_ops.batched_linear_sum_assignment``
+  vs lapx's batch solvers ``lapjvx_batch`` and ``lapjvr_batch`` (threads: all cores, as detr_ops);
+* H-DETR's one-to-many matching (``shapes.LSA_CAPACITY``): ``capacity=k`` vs H-DETR's loop, scipy per
+  image on the cost with its target columns tiled k times;
 * DETR batches (``shapes.LSA_DETR_BATCH``: B images x Q queries, COCO-like target counts):
   DETR's matcher loop exactly as DETR writes it (split the ``[B, Q, sum T]`` cost per image, scipy
   per image, ``torch.as_tensor`` of the indices) vs ``detr_ops.batched_linear_sum_assignment``,
@@ -24,7 +29,7 @@ import torch
 from scipy.optimize import linear_sum_assignment as scipy_lsa
 
 import detr_ops
-from benchmarks import peers, shapes
+from benchmarks import lap_baselines, peers, shapes
 from benchmarks.backends import detr_ops_backends
 from benchmarks.timing import check_equal, measure
 
@@ -47,7 +52,14 @@ def _rows_cols_from_lapjv(x):
     return rows, x[rows].astype(np.int64)
 
 
-@pytest.mark.parametrize("impl", ["scipy", "lap", "detr_ops"])
+def _lapx(name):
+    found = lap_baselines.lapx()
+    if found is None or name not in found:
+        pytest.skip(f"lapx ({name}) is not installed (scripts/setup_env.sh puts it in <venv>/lapx)")
+    return found[name]
+
+
+@pytest.mark.parametrize("impl", ["scipy", "lap", "lapx.lapjvx", "lapx.lapjvr", "detr_ops"])
 @pytest.mark.parametrize("rows,cols", shapes.LSA_SINGLE, ids=lambda v: str(v))
 def test_single(benchmark, rows, cols, impl):
     cost = _single_cost(rows, cols)
@@ -57,6 +69,11 @@ def test_single(benchmark, rows, cols, impl):
     elif impl == "lap":
         pytest.importorskip("lap")
         fn, role, got = (lambda: _lapjv(cost)), "baseline", _rows_cols_from_lapjv(_lapjv(cost))
+    elif impl.startswith("lapx."):
+        solver = _lapx(impl[len("lapx."):])
+        rect = rows != cols
+        fn, role = (lambda: solver(cost, extend_cost=rect, return_cost=False)), "baseline"
+        got = fn()
     else:
         fn, role, got = (lambda: detr_ops.linear_sum_assignment(cost)), "detr_ops", detr_ops.linear_sum_assignment(cost)
     check_equal(got[0], expected[0], what=f"{impl} row_ind")
@@ -127,6 +144,74 @@ def test_detr_batch(benchmark, B, Q, impl):
     else:
         padded, num_cols = _padded(C, sizes)
         fn = lambda: detr_ops.batched_linear_sum_assignment(padded, num_cols=num_cols)  # noqa: E731
+    measure(benchmark, fn, op=OP, case=case, impl=impl, role="detr_ops", backend="native",
+            threads=torch.get_num_threads())
+
+
+# ---- equal-size batches: lapx's batch solvers ------------------------------------------------------
+
+
+@pytest.mark.parametrize("impl", ["scipy-loop", "lapx.lapjvx_batch", "lapx.lapjvr_batch", "detr_ops"])
+@pytest.mark.parametrize("B,Q,T", shapes.LSA_UNIFORM_BATCH, ids=lambda v: str(v))
+def test_uniform_batch(benchmark, B, Q, T, impl):
+    costs = np.random.default_rng(B * Q + T).random((B, Q, T))
+    expected = [scipy_lsa(c) for c in costs]
+    case = f"B{B} {Q}x{T}"
+    if impl == "scipy-loop":
+        measure(benchmark, lambda: [scipy_lsa(c) for c in costs], op=OP, case=case, impl=impl, role="baseline")
+        return
+    if impl.startswith("lapx."):
+        solver = _lapx(impl[len("lapx."):])
+        fn = lambda: solver(costs, extend_cost=Q != T, return_cost=False)  # noqa: E731
+        rows_list, cols_list = fn()
+        for b, (er, ec) in enumerate(expected):
+            order = np.argsort(rows_list[b])
+            check_equal(np.asarray(rows_list[b])[order], er, what=f"{impl} problem {b} rows")
+            check_equal(np.asarray(cols_list[b])[order], ec, what=f"{impl} problem {b} cols")
+        measure(benchmark, fn, op=OP, case=case, impl=impl, role="baseline")
+        return
+    t = torch.from_numpy(costs)
+    col_for_row = detr_ops.batched_linear_sum_assignment(t)[0].numpy()
+    for b, (er, ec) in enumerate(expected):
+        check_equal(col_for_row[b, er], ec, what=f"problem {b}")
+    measure(benchmark, lambda: detr_ops.batched_linear_sum_assignment(t), op=OP, case=case, impl=impl,
+            role="detr_ops", backend="native", threads=torch.get_num_threads())
+
+
+# ---- capacity: H-DETR's one-to-many matching ---------------------------------------------------------
+
+
+def _capacity_problem(B, Q):
+    rng = np.random.default_rng(B * Q)
+    generator = torch.Generator().manual_seed(B * Q)
+    torch.manual_seed(B * Q)
+    sizes = np.array(shapes.coco_like_target_counts(B, generator))
+    costs = [rng.random((Q, t)) for t in sizes]
+    padded = np.zeros((B, Q, max(int(sizes.max()), 1)))
+    for b, c in enumerate(costs):
+        padded[b, :, : c.shape[1]] = c
+    return costs, torch.from_numpy(padded), torch.from_numpy(sizes)
+
+
+def hdetr_loop(costs, k):
+    """H-DETR's one-to-many branch: the targets repeated k times, scipy per image."""
+    return [scipy_lsa(np.tile(c, (1, k))) for c in costs]
+
+
+@pytest.mark.parametrize("impl", ["scipy-loop", "detr_ops"])
+@pytest.mark.parametrize("B,Q,k", shapes.LSA_CAPACITY, ids=lambda v: str(v))
+def test_capacity(benchmark, B, Q, k, impl):
+    costs, padded, num_cols = _capacity_problem(B, Q)
+    case = f"capacity B{B} Q{Q} T{int(num_cols.sum())} k{k}"
+    if impl == "scipy-loop":
+        measure(benchmark, lambda: hdetr_loop(costs, k), op=OP, case=case, impl=impl, role="baseline")
+        return
+    got = detr_ops.batched_linear_sum_assignment(padded, num_cols=num_cols, capacity=k)[0].numpy()
+    for b, (rows, cols) in enumerate(hdetr_loop(costs, k)):
+        expected = np.full(Q, -1)
+        expected[rows] = cols % max(int(num_cols[b]), 1)
+        check_equal(got[b], expected, what=f"image {b}")
+    fn = lambda: detr_ops.batched_linear_sum_assignment(padded, num_cols=num_cols, capacity=k)  # noqa: E731
     measure(benchmark, fn, op=OP, case=case, impl=impl, role="detr_ops", backend="native",
             threads=torch.get_num_threads())
 

@@ -33,7 +33,7 @@ EAGER = "pytorch eager (detr_ops native)"
 
 def load_graph(checkpoint, top_k):
     if checkpoint:
-        from detr_ops.models.train import load_checkpoint
+        from detr_ops.models.build import load_checkpoint
 
         model, config = load_checkpoint(checkpoint)
         return InferenceGraph(model, config["model"] != "detr", top_k).eval(), config["image_size"]

@@ -38,6 +38,10 @@ LSA_SINGLE = pick(
     gpu=[(2000, 2000)],
 )
 LSA_DETR_BATCH = pick(quick=[(16, 100), (16, 300), (16, 900)])
+# Batches of equal-size DETR problems (B, queries, targets), the input lapx's batch solvers take.
+LSA_UNIFORM_BATCH = pick(quick=[(16, 100, 7), (16, 300, 20), (16, 900, 100)])
+# H-DETR's one-to-many matching (B, queries, capacity k): ~7 targets per image, each repeated k times.
+LSA_CAPACITY = pick(quick=[(16, 1500, 6)])
 # torch-linear-assignment 0.1.0's published shapes: batch 208 of (rows, cols); GPU only.
 LSA_TLA_BATCH = pick(quick=[], gpu=[(208, 300, 100), (208, 300, 300), (208, 300, 600)])
 # COCO-like targets per image: mean ~7, some images empty, at most 100.

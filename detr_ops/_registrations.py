@@ -206,10 +206,11 @@ def _fake_matching_cost(pred_logits, pred_boxes, tgt_labels, tgt_boxes, num_targ
 # ---- batched_linear_sum_assignment --------------------------------------------------------------
 
 
-def _fake_batched_linear_sum_assignment(cost, num_rows, num_cols, maximize):
+def _fake_batched_linear_sum_assignment(cost, num_rows, num_cols, maximize, capacity=1, capacities=None):
     _check(cost.dim() == 3, lambda: f"cost must be a [B, R, C] tensor, got shape {tuple(cost.shape)}")
     _check(cost.dtype in FLOAT_DTYPES, lambda: f"cost must be float16, bfloat16, float32 or float64, got {cost.dtype}")
-    for name, sizes in (("num_rows", num_rows), ("num_cols", num_cols)):
+    _check(capacity >= 0, lambda: f"capacity must be >= 0, got {capacity}")
+    for name, sizes in (("num_rows", num_rows), ("num_cols", num_cols), ("capacities", capacities)):
         if sizes is not None:
             _check(sizes.dtype == torch.int64 and tuple(sizes.shape) == (cost.shape[0],),
                    lambda: f"{name} must be an int64 tensor of shape [B] = [{cost.shape[0]}], got {sizes.dtype} "

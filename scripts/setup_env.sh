@@ -21,5 +21,8 @@ if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
   "${pip[@]}" torch==2.13.0
 fi
 "${pip[@]}" -r requirements-dev.txt
+# lapx (a benchmark baseline) installs its module as `lap`, the name of the original lap: it goes to
+# its own folder, from which benchmarks/lap_baselines.py imports it beside lap.
+[ -d "$venv/lapx/lap" ] || "${pip[@]}" --no-deps --target "$venv/lapx" "lapx==0.11.1"
 "${pip[@]}" --no-build-isolation -e .
 "$venv/bin/python" -c "import detr_ops; print('setup_env: detr_ops', detr_ops.__version__, detr_ops.build_info())"

@@ -44,3 +44,15 @@ def scipy_outcome(cost: np.ndarray, maximize: bool = False):
         return linear_sum_assignment(cost, maximize=maximize)
     except Exception as e:  # noqa: BLE001 - the exception itself is what we compare
         return type(e), str(e)
+
+
+def tiled_expected(cost: np.ndarray, capacity: int, maximize: bool = False):
+    """scipy on ``cost`` with its columns tiled ``capacity`` times (copy c of column j is column
+    c*C + j), as (col_for_row with original columns, or -1) or (exception type, message)."""
+    R, C = cost.shape
+    out = scipy_outcome(np.tile(cost, (1, capacity)), maximize)
+    if isinstance(out[0], type):
+        return out
+    col_for_row = np.full(R, -1, dtype=np.int64)
+    col_for_row[out[0]] = out[1] % C if C else out[1]
+    return col_for_row

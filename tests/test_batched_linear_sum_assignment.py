@@ -230,3 +230,67 @@ def test_reference_matches_scipy_loop():
     exp_cols, exp_status = expected_for(cost, num_cols=num_cols)
     np.testing.assert_array_equal(col_for_row.numpy(), exp_cols)
     np.testing.assert_array_equal(status.numpy(), exp_status)
+
+
+@device_backend_param
+@pytest.mark.parametrize("dtype,tiny", [(torch.float32, 1e-40), (torch.float64, 1e-310)])
+def test_subnormal_costs_are_not_flushed(device, backend, dtype, tiny):
+    """[[tiny, 0]] with a subnormal tiny: scipy picks column 1. A solver built with fast math (or
+    widening float32 with cvt.ftz on a GPU) sees a tie and picks column 0."""
+    cost = torch.tensor([[[tiny, 0.0]], [[0.0, tiny]]], dtype=dtype, device=device)
+    assert cost[0, 0, 0] != 0  # the subnormal exists in the input
+    col_for_row, status = detr_ops.batched_linear_sum_assignment(cost, check=False, backend=backend)
+    assert col_for_row.tolist() == [[1], [0]] and status.tolist() == [0, 0]
+    col_for_row, _ = detr_ops.batched_linear_sum_assignment(cost, maximize=True, check=False, backend=backend)
+    assert col_for_row.tolist() == [[0], [1]]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ["native", pytest.param("triton", marks=pytest.mark.triton)])
+def test_gpu_path_has_no_host_sync(backend):
+    """check=False on a GPU never synchronises: sizes given as lists travel through pinned memory,
+    capacities as a tensor need no host bound."""
+    cost = torch.rand(4, 30, 5, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        col_for_row, status = detr_ops.batched_linear_sum_assignment(cost, num_cols=[5, 0, 3, 2], check=False,
+                                                                     backend=backend)
+        detr_ops.batched_linear_sum_assignment(cost, capacity=torch.tensor([1, 6, 0, 2], device="cuda"), check=False,
+                                               backend=backend)
+        detr_ops.row_for_col(col_for_row, 5)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    exp, _ = expected_for(cost, num_cols=[5, 0, 3, 2])
+    np.testing.assert_array_equal(col_for_row.cpu().numpy(), exp)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ["native", pytest.param("triton", marks=pytest.mark.triton)])
+def test_second_gpu(backend):
+    """Inputs on a GPU other than the current one are solved there (device guard)."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    cost = torch.rand(3, 8, 5, device="cuda:1")
+    col_for_row, status = detr_ops.batched_linear_sum_assignment(cost, backend=backend)
+    assert col_for_row.device == cost.device
+    np.testing.assert_array_equal(col_for_row.cpu().numpy(), expected_for(cost)[0])
+
+
+def test_triton_flip_loads_before_it_stores():
+    """The Triton kernel's path flip: scalar loads run in every thread and scalar stores in one, so
+    each iteration must load path[j] and col4row[r], pass a barrier, then store (a lagging warp that
+    loads col4row[r] after thread 0 replaced it follows another path: a hang on a GPU). Read from
+    the kernel's source, since the interpreter runs every program in lockstep and cannot show it."""
+    import ast
+    import inspect
+
+    pytest.importorskip("triton")
+    from detr_ops.triton import linear_sum_assignment as module
+
+    tree = ast.parse(inspect.getsource(module).split("def _max_virtual_columns")[0].split("@triton.jit", 1)[1])
+    flips = [n for n in ast.walk(tree) if isinstance(n, ast.While) and ast.unparse(n.test) == "r_ != cur"]
+    assert len(flips) == 1
+    calls = [ast.unparse(s.value.func if isinstance(s, ast.Expr) else s.value.func)
+             for s in flips[0].body if isinstance(getattr(s, "value", None), ast.Call)]
+    assert calls == ["tl.load", "tl.load", "tl.debug_barrier", "tl.store", "tl.store"], calls

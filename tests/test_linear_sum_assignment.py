@@ -53,6 +53,28 @@ def test_large(shape, kind):
     assert_same(make(np.random.default_rng(1), kind, *shape))
 
 
+@pytest.mark.parametrize("kind", ["small_int", "uniform", "forbidden", "constant"])
+def test_every_width_and_lane_tail(kind):
+    """The scan runs 4 (AVX2) or 2 (SSE2) columns at a time with a scalar tail: every width from 1
+    to 41, square, wide and tall, with dense ties, gives scipy's indices."""
+    rng = np.random.default_rng(KINDS.index(kind) + 50)
+    for nc in range(1, 42):
+        for nr in {nc, max(1, nc // 3), nc + 5}:
+            assert_same(make(rng, kind, nr, nc))
+            assert_same(make(rng, kind, nr, nc), maximize=True)
+
+
+@pytest.mark.parametrize("n", [100, 257, 500])
+def test_square_random_and_tied(n):
+    """Squares (where paths are long and most columns get visited) against scipy: uniform, tied
+    small integers and integers with a few values, several seeds each."""
+    rng = np.random.default_rng(n)
+    for _ in range(3):
+        assert_same(rng.random((n, n)))
+        assert_same(rng.integers(0, 3, (n, n)).astype(np.float64))
+        assert_same(rng.integers(0, 50, (n, n)).astype(np.float64), maximize=True)
+
+
 _values = st.sampled_from([0.0, 1.0, 2.0, -1.0, 0.5, 1e9, np.inf, -np.inf, np.nan])
 
 

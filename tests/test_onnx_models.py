@@ -6,7 +6,7 @@
 * ``torch.export`` with the custom ops kept, then ``run_decompositions`` with detr_ops's table:
   no detr_ops op left, same outputs (what AOTInductor / ExecuTorch users get).
 A detector export costs tens of CPU seconds even at the tiny sizes, so there is one per test;
-the other MSDA modes of the detectors are exported by benchmarks/bench_onnx.py (the op-level
+the other MSDA modes of the detectors are exported by benchmarks/onnx_latency.py (the op-level
 tests cover every mode)."""
 import json
 
@@ -35,7 +35,7 @@ def tiny_presets(monkeypatch):
 
     build_module = importlib.import_module("detr_ops.models.build")  # the package re-exports build() under that name
 
-    for name in ("detr", "deformable_detr"):
+    for name in ("detr", "deformable_detr", "dino"):
         key = (name, "small")
         monkeypatch.setitem(build_module.PRESETS, key, dict(build_module.PRESETS[key], **dict(TINY[name], dec_layers=1)))
 
@@ -59,7 +59,7 @@ def test_cli_exports_deformable_detr_and_matches_pytorch(tmp_path, capsys, tiny_
     assert "GridSample" not in report["nodes"] and not any("detr_ops" in k for k in report["nodes"])
 
     # Independently of the CLI's own check: another batch size and image size, in a fresh session.
-    from detr_ops.models.train import load_checkpoint
+    from detr_ops.models.build import load_checkpoint
 
     model, _ = load_checkpoint(str(ckpt))
     graph = InferenceGraph(model, True, 20).eval()
@@ -85,6 +85,18 @@ def test_cli_exports_detr(tmp_path, capsys, tiny_presets):
     scores = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(
         ["scores"], {"images": synthetic_images(1, 64).numpy()})[0]
     assert scores.shape == (1, 8)  # one detection per query (softmax model)
+
+
+def test_cli_exports_dino(tmp_path, capsys, tiny_presets):
+    """DINO's inference graph (two-stage query selection, look-forward-twice refinement; no
+    denoising queries at inference) through the CLI, checked in ONNX Runtime by the CLI itself."""
+    ckpt, out = tmp_path / "checkpoint.pth", tmp_path / "dino.onnx"
+    write_checkpoint(ckpt, "dino")
+    main(["--checkpoint", str(ckpt), "--out", str(out), "--top-k", "10"])
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["model"] == "dino" and report["check"]["checker"] == "ok"
+    assert report["check"]["max_score_diff"] < 1e-4 and report["check"]["max_box_diff"] < 1e-3
+    assert not any("detr_ops" in k for k in report["nodes"])
 
 
 def test_torch_export_run_decompositions():

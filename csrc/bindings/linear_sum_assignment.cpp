@@ -25,8 +25,8 @@ constexpr size_t kKeepElements = size_t(1) << 20;
 // it runs with the GIL held (other threads wait at most a few microseconds).
 constexpr int64_t kReleaseGilElements = 2048;
 
-lsa::Solver<double>& thread_solver() {
-  thread_local lsa::Solver<double> solver;
+lsa::Solver& thread_solver() {
+  thread_local lsa::Solver solver;
   return solver;
 }
 
@@ -50,37 +50,49 @@ py::tuple linear_sum_assignment(const py::object& cost_matrix, const py::object&
   const double* data = cost.data();
   int64_t* rows = row_ind.mutable_data();
   int64_t* cols = col_ind.mutable_data();
-  lsa::Status status;
+  lsa::Status status = lsa::kOk;
+  bool out_of_memory = false;
   {
     std::optional<py::gil_scoped_release> release;
     if (nr * nc >= kReleaseGilElements) release.emplace();
-    lsa::Solver<double>& solver = thread_solver();
-    if (!maximize && nr <= nc) {
-      status = solver.solve_in_place(data, nr, nc);
-    } else {
-      status = solver.load(nr, nc, maximize, [data, nc](int64_t i, int64_t j) { return data[i * nc + j]; });
-      if (status == lsa::kOk) status = solver.solve_loaded();
-    }
-    if (status == lsa::kOk) {
-      if (!solver.transposed()) {
-        // Every row is matched: rows are 0..nr-1 in order.
-        solver.col_for_row(cols);
-        for (int64_t i = 0; i < n; ++i) rows[i] = i;
+    lsa::Solver& solver = thread_solver();
+    try {
+      if (!maximize && nr <= nc) {
+        status = solver.solve_in_place(data, nr, nc);
       } else {
-        // Some rows are unmatched: list the matched ones in ascending order, as scipy's argsort.
-        std::vector<int64_t> col_for_row(nr);
-        solver.col_for_row(col_for_row.data());
-        int64_t k = 0;
-        for (int64_t i = 0; i < nr; ++i) {
-          if (col_for_row[i] >= 0) {
-            rows[k] = i;
-            cols[k] = col_for_row[i];
-            ++k;
+        status = solver.load(nr, nc, maximize, 1, [data, nc](int64_t i, int64_t j) { return data[i * nc + j]; });
+        if (status == lsa::kOk) status = solver.solve_loaded();
+      }
+      if (status == lsa::kOk) {
+        if (!solver.transposed()) {
+          // Every row is matched: rows are 0..nr-1 in order.
+          solver.col_for_row(cols);
+          for (int64_t i = 0; i < n; ++i) rows[i] = i;
+        } else {
+          // Some rows are unmatched: list the matched ones in ascending order, as scipy's argsort.
+          std::vector<int64_t> col_for_row(nr);
+          solver.col_for_row(col_for_row.data());
+          int64_t k = 0;
+          for (int64_t i = 0; i < nr; ++i) {
+            if (col_for_row[i] >= 0) {
+              rows[k] = i;
+              cols[k] = col_for_row[i];
+              ++k;
+            }
           }
         }
       }
+    } catch (const std::exception&) {  // std::bad_alloc, or std::length_error past max_size
+      out_of_memory = true;  // raised below, with the GIL held again
     }
     solver.trim(kKeepElements);
+  }
+  if (out_of_memory) {
+    // The working memory is the float64 copy (maximize or tall problems) plus about 80 bytes per row
+    // and column: name the problem, not only the failed allocation.
+    PyErr_SetString(PyExc_MemoryError, ("linear_sum_assignment: not enough memory to solve a " + std::to_string(nr) +
+                                        " x " + std::to_string(nc) + " cost matrix").c_str());
+    throw py::error_already_set();
   }
   if (status == lsa::kInvalid) throw py::value_error("matrix contains invalid numeric entries");
   if (status == lsa::kInfeasible) throw py::value_error("cost matrix is infeasible");

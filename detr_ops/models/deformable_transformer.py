@@ -17,8 +17,10 @@ from detr_ops.models.transformer import activation_fn, clones, with_pos
 
 
 def inverse_sigmoid(x, eps=1e-5):
-    x = x.clamp(min=0, max=1)
-    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+    # Deformable DETR's clamp(0, 1) then clamp(min=eps) on the numerator, written as one clamp(eps, 1):
+    # the same values and the same gradient mask (eps <= x <= 1, for eps > 0), and no Clip-after-Clip
+    # pair, which onnxscript 0.7's optimizer fuses into a Clip whose bounds are left out of the graph.
+    return torch.log(x.clamp(min=eps, max=1.0) / (1 - x.clamp(min=0.0, max=1.0)).clamp(min=eps))
 
 
 def proposal_pos_embed(proposals, num_pos_feats):

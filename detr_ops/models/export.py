@@ -132,7 +132,7 @@ def check(path: str, graph: InferenceGraph, msda: str, cases=((1, 64), (3, 96)))
 
 
 def main(argv=None):
-    from detr_ops.models.train import load_checkpoint
+    from detr_ops.models.build import load_checkpoint
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)

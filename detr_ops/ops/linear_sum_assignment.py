@@ -19,12 +19,12 @@ from detr_ops import _backend, _extension
 from detr_ops._dtypes import FLOAT_DTYPES
 from detr_ops.ops import _checks
 
-# Status codes of the batched op (csrc/ops/common/lsa_common.h), and scipy's message for each.
+# Status codes of the batched op (csrc/ops/common/linear_sum_assignment.h), and scipy's message for each.
 OK, INVALID, INFEASIBLE, BAD_SIZE = 0, 1, 2, 3
 MESSAGES = {
     INVALID: "matrix contains invalid numeric entries",
     INFEASIBLE: "cost matrix is infeasible",
-    BAD_SIZE: "num_rows / num_cols outside [0, R] / [0, C]",
+    BAD_SIZE: "num_rows / num_cols outside [0, R] / [0, C], or capacity out of range",
 }
 
 
@@ -40,24 +40,69 @@ linear_sum_assignment = (
 )
 
 
+def _index_argument(values, name: str, cost: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """num_rows / num_cols / capacity as int64 [B] on cost's device (lists, numpy arrays and any
+    integer tensor are converted), and the same values on the host where reading them is free (a
+    CPU tensor, or host data such as a list; None for a GPU tensor, or while compiling)."""
+    host = None
+    if not isinstance(values, torch.Tensor):
+        host = torch.as_tensor(values)
+        if host.numel() == 0 and host.dtype.is_floating_point:
+            host = host.long()  # torch.as_tensor([]) is float32; an empty list is a valid empty batch
+        host = _checks.index_tensor(host, name)
+        if cost.device.type == "cuda":
+            # torch.tensor(list, device="cuda") would block the host until the copy is done, on the
+            # path documented as sync-free: copy from pinned memory without blocking instead.
+            values = host.pin_memory().to(cost.device, non_blocking=True)
+        else:
+            values = host.to(cost.device)
+    values = _checks.index_tensor(values, name)
+    if values.shape != (cost.shape[0],):
+        raise ValueError(f"{name} must have shape [B] = [{cost.shape[0]}], got {tuple(values.shape)}")
+    _checks.same_device("cost", cost, name, values)
+    if values.device.type == "cpu":
+        host = values
+    if torch.compiler.is_compiling():
+        host = None
+    return values, host
+
+
 def _sizes(sizes, name: str, cost: torch.Tensor, limit: int) -> Optional[torch.Tensor]:
-    """Validates num_rows / num_cols: None, or int64 [B] on cost's device (lists and any integer
-    tensor are converted)."""
+    """Validates num_rows / num_cols: None, or int64 [B] on cost's device. Checked on the host where
+    that is free; on a GPU the kernels report a size out of range as status BAD_SIZE."""
     if sizes is None:
         return None
-    if not isinstance(sizes, torch.Tensor):
-        sizes = torch.as_tensor(sizes, device=cost.device)
-    sizes = _checks.index_tensor(sizes, name)
-    if sizes.shape != (cost.shape[0],):
-        raise ValueError(f"{name} must have shape [B] = [{cost.shape[0]}], got {tuple(sizes.shape)}")
-    _checks.same_device("cost", cost, name, sizes)
-    # On the CPU the range check is free; on a GPU the kernel reports it as status BAD_SIZE.
-    if sizes.device.type == "cpu" and not torch.compiler.is_compiling():
-        bad = ((sizes < 0) | (sizes > limit)).nonzero()
+    sizes, host = _index_argument(sizes, name, cost)
+    if host is not None:
+        bad = ((host < 0) | (host > limit)).nonzero()
         if bad.numel():
             b = int(bad[0, 0])
-            raise ValueError(f"{name}[{b}] = {int(sizes[b])} is outside [0, {limit}]")
+            raise ValueError(f"{name}[{b}] = {int(host[b])} is outside [0, {limit}]")
     return sizes
+
+
+def _capacity(capacity, cost: torch.Tensor) -> Tuple[int, Optional[torch.Tensor]]:
+    """``(capacity, capacities)`` for the op: an int capacity as is; a [B] tensor as ``capacities``
+    with an upper bound of its effective values (the op's workspace size on a GPU).
+
+    Every effective capacity is at most R + ceil(R / C) <= 2 R (csrc/ops/common/
+    linear_sum_assignment.h, effective_copies), so larger values are clamped to 2 R: exact, and a
+    huge Python int would not fit the op's int64."""
+    if isinstance(capacity, bool) or not isinstance(capacity, (int, torch.Tensor, list, tuple)):
+        raise TypeError(f"capacity must be an int or an integer [B] tensor, got {type(capacity).__name__}")
+    R = cost.shape[1]
+    if isinstance(capacity, int):
+        if capacity < 0:
+            raise ValueError(f"capacity must be >= 0, got {capacity}")
+        return min(capacity, 2 * R), None
+    capacities, host = _index_argument(capacity, "capacity", cost)
+    if host is None:
+        return 2 * R, capacities  # reading a GPU tensor's values would sync
+    bad = (host < 0).nonzero()
+    if bad.numel():
+        b = int(bad[0, 0])
+        raise ValueError(f"capacity[{b}] = {int(host[b])} must be >= 0")
+    return (min(int(host.max()), 2 * R) if host.numel() else 0), capacities
 
 
 def batched_linear_sum_assignment(
@@ -66,6 +111,7 @@ def batched_linear_sum_assignment(
     num_cols=None,
     maximize: bool = False,
     *,
+    capacity=1,
     check: bool = True,
     backend: str = "auto",
 ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -77,6 +123,15 @@ def batched_linear_sum_assignment(
             ``cost[b, :num_rows[b], :num_cols[b]]``; the rest is padding and never read. In DETR,
             ``num_cols`` is the number of targets of each image.
         maximize: maximise the total instead of minimising it.
+        capacity: how many rows each column may take: an int, or an integer ``[B]`` tensor (one
+            capacity per problem). Defined as scipy on the problem with its columns tiled
+            ``capacity`` times (copy ``c`` of column ``j`` is column ``c * C + j``), each match
+            reported as the original column ``j``: H-DETR's one-to-many matching repeats every
+            target k times this way (``capacity=k``). Solved on a virtual tiled problem: nothing
+            of size ``capacity * C`` per row is built. ``capacity=0`` leaves every row unmatched.
+            A ``[B]`` tensor on a GPU sizes the workspace for the largest capacity that can make a
+            difference (``2 * R``: about ``48 * R * C`` bytes per problem); pass an int where all
+            problems share one.
         check: raise scipy's ``ValueError`` (naming the batch item) for a problem with invalid
             entries or no feasible matching. On a GPU this costs one synchronisation; pass
             ``check=False`` to get the status tensor without it (0 ok, 1 invalid entries,
@@ -97,6 +152,7 @@ def batched_linear_sum_assignment(
         raise ValueError(f"cost must be float16, bfloat16, float32 or float64, got {cost.dtype}")
     num_rows = _sizes(num_rows, "num_rows", cost, cost.shape[1])
     num_cols = _sizes(num_cols, "num_cols", cost, cost.shape[2])
+    capacity, capacities = _capacity(capacity, cost)
     if check and torch.compiler.is_compiling():
         raise RuntimeError(
             "batched_linear_sum_assignment(check=True) needs the status on the host, which breaks "
@@ -108,7 +164,7 @@ def batched_linear_sum_assignment(
         op = torch.ops.detr_ops.batched_linear_sum_assignment_triton
     else:
         op = torch.ops.detr_ops.batched_linear_sum_assignment
-    col_for_row, status = op(cost, num_rows, num_cols, bool(maximize))
+    col_for_row, status = op(cost, num_rows, num_cols, bool(maximize), capacity, capacities)
     if check:
         raise_for_status(status)
     return col_for_row, status
@@ -124,14 +180,46 @@ def raise_for_status(status: torch.Tensor) -> None:
 
 
 def row_for_col(col_for_row: torch.Tensor, num_cols: int) -> torch.Tensor:
-    """``[B, C]`` int64 view of an assignment: the row matched to each column, or -1.
+    """``[B, C]`` int64 view of a one-to-one assignment: the row matched to each column, or -1.
 
     Cheap and sync-free: one scatter. ``num_cols`` is ``C``, the padded width of the cost.
+    ``col_for_row`` must be ``[B, R]`` with entries in ``[-1, num_cols)`` and no column twice (an
+    assignment solved with ``capacity=1``). On the CPU anything else raises ``ValueError``; on a GPU,
+    where checking would need a sync, entries outside ``[-1, num_cols)`` are ignored and a column
+    given to several rows reports the lowest of them (deterministic, never out of bounds).
     """
+    col_for_row = _checks.tensor(col_for_row, "col_for_row")
+    if isinstance(num_cols, bool) or not isinstance(num_cols, int):
+        raise TypeError(f"num_cols must be an int, got {type(num_cols).__name__}")
+    if num_cols < 0:
+        raise ValueError(f"num_cols must be >= 0, got {num_cols}")
+    if col_for_row.dim() != 2:
+        raise ValueError(f"col_for_row must be a [B, R] tensor, got shape {tuple(col_for_row.shape)}")
+    col_for_row = _checks.index_tensor(col_for_row, "col_for_row")
     B, R = col_for_row.shape
     rows = torch.arange(R, device=col_for_row.device).expand(B, R)
-    # Unmatched row i (-1) writes to its own spare column num_cols + i, dropped afterwards: all
-    # indices stay distinct, so the scatter is deterministic on every device.
-    target = torch.where(col_for_row >= 0, col_for_row, num_cols + rows)
+    valid = (col_for_row >= 0) & (col_for_row < num_cols)
+    checked = col_for_row.device.type == "cpu" and not torch.compiler.is_compiling()
+    if checked:
+        bad = ((col_for_row < -1) | (col_for_row >= num_cols)).nonzero()
+        if bad.numel():
+            b, i = (int(x) for x in bad[0])
+            raise ValueError(f"col_for_row[{b}, {i}] = {int(col_for_row[b, i])} is outside [-1, num_cols) = "
+                             f"[-1, {num_cols}): num_cols must be the width C of the cost the assignment solved")
+    # Unmatched (or, on a GPU, invalid) row i writes to its own spare column num_cols + i, dropped
+    # afterwards: valid one-to-one entries are all distinct, so the result is deterministic.
+    target = torch.where(valid, col_for_row, num_cols + rows)
+    if checked and B * R:
+        counts = torch.zeros(B, num_cols + R, dtype=torch.int64).scatter_add_(1, target, torch.ones_like(target))
+        twice = (counts[:, :num_cols] > 1).nonzero()
+        if twice.numel():
+            b, j = (int(x) for x in twice[0])
+            raise ValueError(f"col_for_row[{b}] gives column {j} to several rows: row_for_col needs a one-to-one "
+                             "assignment (capacity=1)")
     out = torch.full((B, num_cols + R), -1, dtype=torch.int64, device=col_for_row.device)
-    return out.scatter_(1, target, rows)[:, :num_cols]
+    if col_for_row.device.type == "cpu":
+        out.scatter_(1, target, rows)
+    else:
+        # amin makes a doubly used column (invalid input) deterministic as well.
+        out.scatter_reduce_(1, target, rows, reduce="amin", include_self=False)
+    return out[:, :num_cols]
