@@ -2,15 +2,16 @@
 #   make bench   the benchmark suite against SciPy and naive PyTorch baselines (the main job)
 #   make test    the test suite: CPU/CUDA tests, then the Triton tests under the interpreter
 # Both create .venv on first use (CPU torch 2.13.0 where no torch is present), build detr_ops into
-# it and run. Other targets: bench-full, bench-compare A=... B=..., cmake-test, cuda-build-check,
+# it and run. Other targets: bench-full, bench-load, bench-compare A=... B=..., cmake-test, cuda-build-check,
 # triton-aot (every Triton kernel compiled for sm_80/sm_90), gpu-check-dry-run (scripts/gpu_check.sh rehearsed),
-# package-check (sdist and wheel built, installed into fresh venvs with only torch, every op smoke-tested).
+# package-check (sdist and wheel built, installed into fresh venvs with only torch, every op smoke-tested),
+# sanitize (ASan + UBSan build of the C++ kernels, their tests and the adversarial cases).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.detr_ops-env
 PYTEST := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: bench bench-full bench-compare test cmake-test cuda-build-check triton-aot gpu-check-dry-run package-check build clean
+.PHONY: bench bench-full bench-load bench-compare test cmake-test cuda-build-check triton-aot gpu-check-dry-run package-check sanitize build clean
 
 # The environment (and the editable install's metadata: version, dependencies) is redone when one
 # of these changes; the extension itself is compiled once, by setup_env.sh, and then incrementally.
@@ -33,6 +34,10 @@ bench: build
 bench-full: build
 	$(PY) -m benchmarks.run --profile full
 
+# Every CPU op, default threads vs one thread, quiet and beside one busy process per core.
+bench-load: build
+	$(PY) -m benchmarks.under_load
+
 bench-compare: $(STAMP)
 	$(PY) -m benchmarks.compare $(A) $(B)
 
@@ -52,6 +57,11 @@ package-check:
 
 gpu-check-dry-run: $(STAMP)
 	PYTHON=$(PY) bash scripts/gpu_check.sh --dry-run build/gpu-check-dry-run
+
+# The extension built with ASan + UBSan (-fno-wrapv) in build/sanitize, the C++-kernel tests and
+# the adversarial cases run on it (scripts/sanitize.sh).
+sanitize: $(STAMP)
+	bash scripts/sanitize.sh $(VENV)
 
 clean:
 	rm -rf build detr_ops/*.so

@@ -10,4 +10,7 @@ void register_all(pybind11::module_& m);
 // csrc/bindings/linear_sum_assignment.cpp: linear_sum_assignment (scipy drop-in).
 void register_linear_sum_assignment(pybind11::module_& m);
 
+// csrc/bindings/parallel.cpp: _parallel, probes of the CPU thread pool for the tests.
+void register_parallel(pybind11::module_& m);
+
 }  // namespace detr_ops::bindings

@@ -18,6 +18,7 @@
 #include "ops/common/box_iou_checks.h"
 #include "ops/common/box_iou.h"
 #include "ops/cpu/cpu_isa.h"
+#include "ops/cpu/parallel_tasks.h"
 
 namespace detr_ops::box {
 namespace {
@@ -142,7 +143,7 @@ at::Tensor pairwise_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2, 
     for (int64_t b = 0; b < B; ++b) unpack_corners(p2 + b * M * 4, M, cxcywh, corners.data() + b * 4 * M);
     scalar_t* po = args.out.mutable_data_ptr<scalar_t>();
     const int64_t grain = std::max<int64_t>(1, 32768 / M);
-    at::parallel_for(0, B * N, grain, [&](int64_t begin, int64_t end) {
+    cpu::parallel_for(0, B * N, grain, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> scratch;
       for (int64_t r = begin; r < end; ++r) {
         const Box<acc_t> a = load_box(p1 + 4 * r, cxcywh);
@@ -178,7 +179,7 @@ std::tuple<at::Tensor, at::Tensor> pairwise_iou_backward_cpu(const at::Tensor& g
     const scalar_t* pg = args.grad.const_data_ptr<scalar_t>();
     scalar_t* pg1 = args.grad1.mutable_data_ptr<scalar_t>();
     for (int64_t b = 0; b < B; ++b) unpack_corners(p2 + b * M * 4, M, cxcywh, corners.data() + b * 4 * M);
-    at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
+    cpu::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / C, c = task % C;
         const int64_t i0 = c * rows_per_chunk, i1 = std::min(N, i0 + rows_per_chunk);
@@ -196,7 +197,7 @@ std::tuple<at::Tensor, at::Tensor> pairwise_iou_backward_cpu(const at::Tensor& g
       }
     });
     scalar_t* pg2 = args.grad2.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, B * M, 1024, [&](int64_t begin, int64_t end) {
+    cpu::parallel_for(0, B * M, 1024, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t b = r / M, j = r % M;
         Box<acc_t> s{0, 0, 0, 0};

@@ -18,6 +18,7 @@
 #include "ops/common/box_iou_checks.h"
 #include "ops/common/box_iou.h"
 #include "ops/cpu/cpu_isa.h"
+#include "ops/cpu/parallel_tasks.h"
 
 namespace detr_ops::box {
 namespace {
@@ -115,7 +116,7 @@ at::Tensor giou_loss_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2, c10
     const scalar_t* p2 = args.boxes2.const_data_ptr<scalar_t>();
     acc_t* po = args.out.mutable_data_ptr<acc_t>();
     const acc_t e = static_cast<acc_t>(eps);
-    at::parallel_for(0, (K + kBlock - 1) / kBlock, 64, [&](int64_t begin, int64_t end) {
+    cpu::parallel_for(0, (K + kBlock - 1) / kBlock, 64, [&](int64_t begin, int64_t end) {
       acc_t s[8 * kBlock];
       for (int64_t blk = begin; blk < end; ++blk) {
         const int64_t k0 = blk * kBlock, n = std::min(kBlock, K - k0);
@@ -141,7 +142,7 @@ std::tuple<at::Tensor, at::Tensor> giou_loss_backward_cpu(const at::Tensor& grad
     scalar_t* pg1 = args.grad1.mutable_data_ptr<scalar_t>();
     scalar_t* pg2 = args.grad2.mutable_data_ptr<scalar_t>();
     const acc_t e = static_cast<acc_t>(eps);
-    at::parallel_for(0, (K + kBlock - 1) / kBlock, 64, [&](int64_t begin, int64_t end) {
+    cpu::parallel_for(0, (K + kBlock - 1) / kBlock, 64, [&](int64_t begin, int64_t end) {
       acc_t s[9 * kBlock], grads[8 * kBlock];
       for (int64_t blk = begin; blk < end; ++blk) {
         const int64_t k0 = blk * kBlock, n = std::min(kBlock, K - k0);
