@@ -4,6 +4,9 @@
 * ``triton``: runs a Triton kernel; needs the triton package, and either a GPU or the interpreter.
   On a CPU-only machine these run in a separate invocation with ``TRITON_INTERPRET=1`` (the
   variable must be set before Triton is imported): ``TRITON_INTERPRET=1 pytest -m triton tests``.
+
+Hypothesis runs derandomized (the same examples on every run, so CI cannot fail by the luck of the
+draw); ``HYPOTHESIS_PROFILE=explore pytest ...`` draws fresh random examples.
 """
 import os
 
@@ -11,6 +14,15 @@ import pytest
 import torch
 
 from detr_ops import _backend
+
+try:
+    from hypothesis import settings as _hypothesis_settings
+
+    _hypothesis_settings.register_profile("ci", derandomize=True)
+    _hypothesis_settings.register_profile("explore", derandomize=False)
+    _hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # hypothesis is a test requirement; the modules that use it import it themselves
+    pass
 
 
 def pytest_configure(config):

@@ -99,6 +99,9 @@ def test_cli_exports_dino(tmp_path, capsys, tiny_presets):
     assert not any("detr_ops" in k for k in report["nodes"])
 
 
+@pytest.mark.skipif(tuple(int(x) for x in torch.__version__.split(".")[:2]) < (2, 13),
+                    reason="torch < 2.13's strict torch.export specialises the parity of the backbone's "
+                           "stride-2 sizes ((H - 1) // 2 % 2) and refuses the dynamic image size")
 def test_torch_export_run_decompositions():
     """torch.export keeps the custom ops; detr_ops.onnx.decompositions() removes every one of them,
     and the decomposed program computes the same detections at other batch and image sizes."""
