@@ -49,4 +49,8 @@ if [ ! -x "$cuobjdump" ]; then
     'import os, triton; print(os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/cuobjdump"))')
 fi
 "$venv/bin/python" scripts/check_cuda_ptx.py "$cuobjdump" detr_ops/_C*.so
-"$venv/bin/python" -m pytest -q -p no:cacheprovider tests
+# The op, matcher, integration and tooling tests on torch 2.11; the models', ONNX exports', docs' and
+# packaging tests are pure Python above the ops and run by make test on torch 2.13 (here they would
+# add minutes to the longest CI stage).
+"$venv/bin/python" -m pytest -q -p no:cacheprovider tests --ignore-glob='tests/test_models_*' \
+  --ignore-glob='tests/test_onnx_*' --ignore=tests/test_docs_examples.py --ignore=tests/test_packaging.py
