@@ -183,6 +183,30 @@ def ms_deform_attn(detr_ops, args):
     assert module.value_proj.weight.grad is not None
 
 
+@check
+def ms_deform_attn_points(detr_ops, args):
+    """Per-level point counts (D-FINE / RT-DETRv2): against the grid_sample reference, values and
+    gradients."""
+    g = torch.Generator().manual_seed(5)
+    N, M, D, Lq, points = 2, 2, 4, 5, [3, 1]
+    shapes = torch.tensor([[6, 5], [3, 3]])
+    starts = torch.cat([shapes.new_zeros(1), shapes.prod(1).cumsum(0)[:-1]])
+    S = int(shapes.prod(1).sum())
+    inputs = [torch.randn(N, S, M, D, generator=g, dtype=torch.float64),
+              torch.rand(N, Lq, M, sum(points), 2, generator=g, dtype=torch.float64),
+              torch.rand(N, Lq, M, sum(points), generator=g, dtype=torch.float64)]
+    ours_in = [t.clone().requires_grad_() for t in inputs]
+    ref_in = [t.clone().requires_grad_() for t in inputs]
+    out = detr_ops.ms_deform_attn(ours_in[0], shapes, starts, ours_in[1], ours_in[2], num_points_list=points)
+    ref = detr_ops.ms_deform_attn_pytorch(ref_in[0], shapes, starts, ref_in[1], ref_in[2], num_points_list=points)
+    close(out, ref, rtol=1e-9, atol=1e-10, what="ms_deform_attn(num_points_list=...)")
+    grad = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    out.backward(grad)
+    ref.backward(grad)
+    for name, a, b in zip(("value", "sampling_locations", "attention_weights"), ours_in, ref_in):
+        close(a.grad, b.grad, rtol=1e-7, atol=1e-9, what=f"MSDA points grad {name}")
+
+
 def registered_ops():
     """The ``detr_ops::*`` operators registered in the dispatcher (overload names dropped)."""
     names = {n.split(".")[0] for n in torch._C._dispatch_get_all_op_names() if n.startswith("detr_ops::")}
