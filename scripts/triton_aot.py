@@ -23,8 +23,9 @@ options), so an unchanged kernel is not compiled again (``--no-cache`` to force 
     python -m scripts.triton_aot [--targets 80,90] [--jobs N] [--json OUT.json] [--markdown OUT.md]
     python -m scripts.triton_aot --render docs/triton_resources.md A.json [B.json ...]
 
-Exit status 1 when a kernel fails to compile (other than a ``KNOWN_FAILURES`` entry) or a kernel is
-not covered. Must run without ``TRITON_INTERPRET=1`` (compiling needs the real ``@triton.jit``).
+Exit status 1 when a kernel fails to compile (other than a ``KNOWN_FAILURES`` entry), spills
+(other than an ``ACCEPTED_SPILLS`` entry), or is not covered. Must run without
+``TRITON_INTERPRET=1`` (compiling needs the real ``@triton.jit``).
 """
 import argparse
 import ast
@@ -54,6 +55,31 @@ GRID_LIMITS = (2**31 - 1, 65535, 65535)
 # as obsolete (then delete it, and the stage enforces them again).
 KNOWN_FAILURES = {
 }
+
+
+# Spills that are accepted, each with its reason: (kernel, tokens that the specialisation's variant
+# contains, Triton version prefix) -> why. Any other specialisation that spills fails the run: on a
+# GPU a spill is local-memory traffic inside the kernel's loops, so a new one is a regression to fix
+# (smaller tiles, more warps) or, once measured, to accept here with the reason.
+ACCEPTED_SPILLS = {
+}
+# A spill of at most this many bytes (stores and loads each) by a specialisation that uses fewer
+# than the 255 registers it may is not register pressure: ptxas could have used more registers and
+# chose to keep a few values in local memory (L1-resident) instead. Accepted without an entry. (After
+# the MSDA tiles were halved, 4-40 B of this kind remained at 64-168 registers.)
+SMALL_SPILL_BYTES = 64
+SMALL_SPILL_REASON = (f"at most {SMALL_SPILL_BYTES} B of spills by a specialisation below the 255-register limit: not "
+                      "register pressure (ptxas could have used more registers), a few values in L1-resident local "
+                      "memory")
+
+
+def accepted_spill(kernel: str, variant: str, triton_version: str, result=None) -> str:
+    """Why a spill of `result` (or of any specialisation of `kernel` with `variant`) is accepted, or ""."""
+    if result is not None and result.registers < 255 and max(result.spill_stores, result.spill_loads) <= SMALL_SPILL_BYTES:
+        return SMALL_SPILL_REASON
+    tokens = set(variant.split())
+    return next((why for (k, marker, version), why in ACCEPTED_SPILLS.items()
+                 if k == kernel and set(marker) <= tokens and triton_version.startswith(version)), "")
 
 
 def known_failure(kernel: str, variant: str, triton_version: str) -> str:
@@ -571,6 +597,14 @@ def render(runs: List[dict]) -> str:
                 f"{len({(r.module, r.kernel, r.variant) for r in results})} specialisations of "
                 f"{len({(r.module, r.kernel) for r in results})} kernels, targets "
                 f"{', '.join('sm_%d' % t for t in run['targets'])}; ptxas {run['ptxas']}.", ""]
+        spilled = [r for r in results if r.ok and r.spills]
+        if spilled:
+            reasons = sorted({accepted_spill(r.kernel, r.variant, run["triton"], r) or "not accepted (the run failed)"
+                              for r in spilled})
+            out += [f"**{len({(r.kernel, r.variant) for r in spilled})} specialisations spill**, accepted in "
+                    "`scripts/triton_aot.py::ACCEPTED_SPILLS` because:", ""]
+            out += [f"- {why}" for why in reasons]
+            out.append("")
         failed = [r for r in results if not r.ok]
         if failed:
             out += ["**Failed to compile:**", ""]
@@ -703,6 +737,11 @@ def main(argv=None) -> int:
     print(f"triton_aot: {len(spills)} spilling kernel specialisations" + (":" if spills else ""))
     for line in spills:
         print("  " + line)
+    unaccepted = [r for r in results
+                  if r.ok and r.spills and not accepted_spill(r.kernel, r.variant, triton.__version__, r)]
+    for r in unaccepted:
+        print(f"SPILLS (not in ACCEPTED_SPILLS): {r.kernel} [{r.variant}] sm_{r.target}: stack {r.stack_frame} B, "
+              f"spill stores {r.spill_stores} B; fix the tiles or accept it with the reason")
     for reason in obsolete:
         print(f"OBSOLETE KNOWN_FAILURES entry (every specialisation it covers now compiles; delete it): {reason}")
     for r in failed:
@@ -713,7 +752,7 @@ def main(argv=None) -> int:
     for name in missing:
         print(f"NOT COVERED: {name} is launched in detr_ops/triton but no PLAN case launched it; add one to "
               "scripts/triton_aot.py::_plan")
-    return 1 if failed or missing else 0
+    return 1 if failed or missing or unaccepted else 0
 
 
 if __name__ == "__main__":

@@ -251,6 +251,25 @@ def test_known_failures_match_kernel_tokens_and_version_and_turn_obsolete(monkey
     assert len(failed) == 1 and [r.known_failure for r in known] == ["a"] and obsolete == ["b"]
 
 
+def test_accepted_spills_match_kernel_tokens_and_version(monkeypatch):
+    from scripts import triton_aot
+
+    monkeypatch.setattr(triton_aot, "ACCEPTED_SPILLS", {("_k", ("fp64/i64",), "3."): "float64 only"})
+    assert triton_aot.accepted_spill("_k", "fp64/i64 BLOCK_Q=16 BLOCK_D=16", "3.9.0") == "float64 only"
+    assert triton_aot.accepted_spill("_k", "fp32/i64 BLOCK_Q=16 BLOCK_D=16", "3.9.0") == ""
+    assert triton_aot.accepted_spill("_other", "fp64/i64", "3.9.0") == ""
+    assert triton_aot.accepted_spill("_k", "fp64/i64", "2.3.0") == ""
+
+    def result(registers, spilled):
+        return triton_aot.Result("m", "_other", "label", "fp32", 90, ok=True, registers=registers,
+                                 spill_stores=spilled, spill_loads=spilled)
+
+    # a few bytes below the register limit: ptxas's choice; at the limit, or more bytes: pressure
+    assert triton_aot.accepted_spill("_other", "fp32", "3.9.0", result(80, 8)) == triton_aot.SMALL_SPILL_REASON
+    assert triton_aot.accepted_spill("_other", "fp32", "3.9.0", result(255, 8)) == ""
+    assert triton_aot.accepted_spill("_other", "fp32", "3.9.0", result(80, 112)) == ""
+
+
 @needs_real_triton
 def test_one_kernel_compiles_for_sm90_with_its_resources(tmp_path):
     """A real compile (the elementwise GIoU loss, float32): registers and warps come back, no spills."""

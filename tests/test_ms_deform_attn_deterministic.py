@@ -84,7 +84,8 @@ def test_bitwise_across_runs_and_block_sizes(monkeypatch, dtype):
     with deterministic():
         first = _grads(inputs, "triton", grad_output)
         again = _grads(inputs, "triton", grad_output)
-        monkeypatch.setattr(module, "_TILE", 32)  # BLOCK_Q 2 instead of 64
+        for tile in ("_TILE", "_BACKWARD_TILE", "_BACKWARD_TILE_FP64"):
+            monkeypatch.setattr(module, tile, 32)  # BLOCK_Q 2 instead of 16 to 64
         fewer_rows = _grads(inputs, "triton", grad_output)
         monkeypatch.setattr(module, "_MAX_BLOCK_D", 4)  # D = 10 in three channel blocks, in both kernels
         chunked = _grads(inputs, "triton", grad_output)

@@ -122,9 +122,10 @@ class Adapters:
     def __init__(self, backend="auto"):
         self.backend = backend
 
-    def detr(self, original):
-        """``HungarianMatcher`` (DETR, its segmentation head, YOLOS, Table Transformer, ...):
-        softmax class cost."""
+    def _forward(self, original, class_cost):
+        """The replacement of a ``forward(matcher, outputs, targets)``: ``class_cost(matcher)`` gives
+        the cost's ``(focal, alpha, gamma)``; anything the fused path does not take goes to
+        ``original``."""
         backend, replace = self.backend, replaces_nonfinite(original)
 
         @torch.no_grad()
@@ -133,43 +134,26 @@ class Adapters:
             if inputs is None:
                 return original(matcher, outputs, targets)
             weights = (matcher.class_cost, matcher.bbox_cost, matcher.giou_cost)
-            return _match(*inputs, weights, False, 0.25, 2.0, 1, backend, replace)
+            return _match(*inputs, weights, *class_cost(matcher), 1, backend, replace)
 
         forward.__wrapped__ = original
         return forward
+
+    def detr(self, original):
+        """``HungarianMatcher`` (DETR, its segmentation head, YOLOS, Table Transformer, ...):
+        softmax class cost."""
+        return self._forward(original, lambda matcher: (False, 0.25, 2.0))
 
     def deformable_detr(self, original):
         """``DeformableDetrHungarianMatcher`` (Deformable DETR, Conditional DETR, DAB-DETR): focal
         class cost with transformers' fixed alpha = 0.25, gamma = 2."""
-        backend, replace = self.backend, replaces_nonfinite(original)
-
-        @torch.no_grad()
-        def forward(matcher, outputs, targets):
-            inputs = _inputs(outputs, targets)
-            if inputs is None:
-                return original(matcher, outputs, targets)
-            weights = (matcher.class_cost, matcher.bbox_cost, matcher.giou_cost)
-            return _match(*inputs, weights, True, 0.25, 2.0, 1, backend, replace)
-
-        forward.__wrapped__ = original
-        return forward
+        return self._forward(original, lambda matcher: (True, 0.25, 2.0))
 
     def rt_detr(self, original):
         """``RTDetrHungarianMatcher`` (RT-DETR, RT-DETRv2, D-FINE, DEIMv2): focal with the config's
         ``matcher_alpha`` / ``matcher_gamma``, or softmax when ``use_focal_loss`` is off."""
-        backend, replace = self.backend, replaces_nonfinite(original)
-
-        @torch.no_grad()
-        def forward(matcher, outputs, targets):
-            inputs = _inputs(outputs, targets)
-            if inputs is None:
-                return original(matcher, outputs, targets)
-            weights = (matcher.class_cost, matcher.bbox_cost, matcher.giou_cost)
-            focal = bool(matcher.use_focal_loss)
-            return _match(*inputs, weights, focal, float(matcher.alpha), float(matcher.gamma), 1, backend, replace)
-
-        forward.__wrapped__ = original
-        return forward
+        return self._forward(
+            original, lambda matcher: (bool(matcher.use_focal_loss), float(matcher.alpha), float(matcher.gamma)))
 
     def lw_detr(self, original):
         """``LwDetrHungarianMatcher`` (LW-DETR, RF-DETR detection): Deformable DETR's focal cost,

@@ -27,6 +27,44 @@ from detr_ops.models.position_encoding import PositionEmbeddingSine
 from detr_ops.models.query_layout import QueryLayout
 
 
+def input_projections(backbone_channels, num_feature_levels, hidden, gn_groups):
+    """The encoder's inputs (Deformable DETR and DINO alike): one 1x1 conv + GroupNorm per backbone
+    level, then stride-2 3x3 convs on the last for the levels the backbone does not have."""
+    projs = [nn.Sequential(nn.Conv2d(c, hidden, 1), nn.GroupNorm(gn_groups, hidden))
+             for c in backbone_channels[:num_feature_levels]]
+    cin = backbone_channels[-1]
+    for _ in range(num_feature_levels - len(projs)):
+        projs.append(nn.Sequential(nn.Conv2d(cin, hidden, 3, stride=2, padding=1), nn.GroupNorm(gn_groups, hidden)))
+        cin = hidden
+    return nn.ModuleList(projs)
+
+
+def init_input_projections(input_proj):
+    """The originals' init of the projections' convs (each model calls it where its original does, so
+    the random stream, and a seeded model's weights, stay the original's)."""
+    for proj in input_proj:
+        nn.init.xavier_uniform_(proj[0].weight, gain=1)
+        nn.init.constant_(proj[0].bias, 0)
+
+
+def feature_levels(backbone, input_proj, images, mask):
+    """``(srcs, masks, pos)``, one ``[B, C, H, W]`` / ``[B, H, W]`` / ``[B, C, H, W]`` per level of
+    ``input_proj``: the backbone's levels projected, then the extra levels (each from the previous,
+    the first from the backbone's last feature map) with their masks and position encodings."""
+    features, pos = backbone(images, mask)
+    srcs, masks = [], []
+    for lvl, (feat, m) in enumerate(features):
+        srcs.append(input_proj[lvl](feat))
+        masks.append(m)
+    for lvl in range(len(srcs), len(input_proj)):
+        src = input_proj[lvl](features[-1][0] if lvl == len(features) else srcs[-1])
+        m = F.interpolate(mask[None].float(), size=src.shape[-2:]).to(torch.bool)[0]
+        srcs.append(src)
+        masks.append(m)
+        pos.append(backbone[1](m).to(src.dtype))
+    return srcs, masks, pos
+
+
 class DeformableDETR(nn.Module):
     def __init__(self, backbone, transformer, num_classes, num_queries, num_feature_levels, aux_loss=True,
                  with_box_refine=False, two_stage=False, gn_groups=32, one_to_many_queries=0, groups=1):
@@ -46,14 +84,7 @@ class DeformableDETR(nn.Module):
         bbox_embed = MLP(hidden, hidden, 4, 3)
         if not two_stage:
             self.query_embed = nn.Embedding(num_queries * groups + one_to_many_queries, hidden * 2)
-        # One projection per backbone level; further levels come from stride-2 3x3 convs on the last.
-        projs = [nn.Sequential(nn.Conv2d(c, hidden, 1), nn.GroupNorm(gn_groups, hidden))
-                 for c in backbone.num_channels[:num_feature_levels]]
-        cin = backbone.num_channels[-1]
-        for _ in range(num_feature_levels - len(projs)):
-            projs.append(nn.Sequential(nn.Conv2d(cin, hidden, 3, stride=2, padding=1), nn.GroupNorm(gn_groups, hidden)))
-            cin = hidden
-        self.input_proj = nn.ModuleList(projs)
+        self.input_proj = input_projections(backbone.num_channels, num_feature_levels, hidden, gn_groups)
         self.backbone = backbone
         self.aux_loss = aux_loss
         self.with_box_refine = with_box_refine
@@ -64,9 +95,7 @@ class DeformableDETR(nn.Module):
         nn.init.constant_(class_embed.bias, -math.log((1 - prior_prob) / prior_prob))
         nn.init.constant_(bbox_embed.layers[-1].weight, 0.0)
         nn.init.constant_(bbox_embed.layers[-1].bias, 0.0)
-        for proj in self.input_proj:
-            nn.init.xavier_uniform_(proj[0].weight, gain=1)
-            nn.init.constant_(proj[0].bias, 0)
+        init_input_projections(self.input_proj)
 
         num_pred = transformer.decoder.num_layers + (1 if two_stage else 0)
         if with_box_refine:
@@ -93,17 +122,7 @@ class DeformableDETR(nn.Module):
         layout = QueryLayout(self.num_queries)
         if self.training:
             layout = QueryLayout(self.num_queries, one_to_many=self.one_to_many_queries, groups=self.groups)
-        features, pos = self.backbone(images, mask)
-        srcs, masks = [], []
-        for lvl, (feat, m) in enumerate(features):
-            srcs.append(self.input_proj[lvl](feat))
-            masks.append(m)
-        for lvl in range(len(srcs), self.num_feature_levels):
-            src = self.input_proj[lvl](features[-1][0] if lvl == len(features) else srcs[-1])
-            m = F.interpolate(mask[None].float(), size=src.shape[-2:]).to(torch.bool)[0]
-            srcs.append(src)
-            masks.append(m)
-            pos.append(self.backbone[1](m).to(src.dtype))
+        srcs, masks, pos = feature_levels(self.backbone, self.input_proj, images, mask)
         # Rows of query_embed: the main queries, then Group DETR's groups or H-DETR's extra queries.
         query = None if self.two_stage else self.query_embed.weight[:layout.total]
         hs, init_ref, inter_refs, enc_class, enc_coord = self.transformer(

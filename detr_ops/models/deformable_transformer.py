@@ -62,6 +62,38 @@ def encoder_output_proposals(memory, padding_mask, spatial_shapes_list):
     return out, proposals
 
 
+def valid_ratio(mask):
+    """``[B, 2]``: the unpadded fraction (width, height) of each image of a ``[B, H, W]`` padding mask."""
+    _, h, w = mask.shape
+    valid_h = (~mask[:, :, 0]).sum(1)
+    valid_w = (~mask[:, 0, :]).sum(1)
+    return torch.stack([valid_w / w, valid_h / h], -1)
+
+
+def flatten_levels(srcs, masks, pos_embeds, level_embed):
+    """The multi-scale inputs as the encoder and MSDA take them (Deformable DETR and DINO alike).
+
+    srcs / masks / pos_embeds: one ``[B, C, H, W]`` / ``[B, H, W]`` / ``[B, C, H, W]`` per level;
+    level_embed ``[L, C]``. Returns a dict: ``src``, ``mask``, ``pos`` (``[B, S, C]`` / ``[B, S]`` /
+    ``[B, S, C]``, levels concatenated), ``shapes`` (the ``(H, W)`` Python ints), ``spatial_shapes``
+    and ``level_start_index`` (their device tensors), ``valid_ratios [B, L, 2]``.
+    """
+    src_flat, mask_flat, pos_flat, shapes = [], [], [], []
+    for lvl, (src, mask, pos) in enumerate(zip(srcs, masks, pos_embeds)):
+        shapes.append(tuple(src.shape[-2:]))
+        src_flat.append(src.flatten(2).transpose(1, 2))
+        mask_flat.append(mask.flatten(1))
+        pos_flat.append(pos.flatten(2).transpose(1, 2) + level_embed[lvl].view(1, 1, -1))
+    src_flat = torch.cat(src_flat, 1)
+    # Shapes are static Python ints from the tensors' sizes: the device tensors MSDA needs are
+    # built from them, and loops use the ints, so nothing reads a device tensor back.
+    spatial_shapes = torch.tensor(shapes, dtype=torch.long, device=src_flat.device)
+    level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
+    valid_ratios = torch.stack([valid_ratio(m) for m in masks], 1).to(src_flat.dtype)
+    return {"src": src_flat, "mask": torch.cat(mask_flat, 1), "pos": torch.cat(pos_flat, 1), "shapes": shapes,
+            "spatial_shapes": spatial_shapes, "level_start_index": level_start_index, "valid_ratios": valid_ratios}
+
+
 class DeformableTransformerEncoderLayer(nn.Module):
     def __init__(self, d_model=256, d_ffn=1024, dropout=0.1, activation="relu", n_levels=4, n_heads=8, n_points=4,
                  ops="detr_ops"):
@@ -229,13 +261,6 @@ class DeformableTransformer(nn.Module):
         out, proposals = encoder_output_proposals(memory, padding_mask, spatial_shapes_list)
         return self.enc_output_norm(self.enc_output(out)), proposals
 
-    @staticmethod
-    def get_valid_ratio(mask):
-        _, h, w = mask.shape
-        valid_h = (~mask[:, :, 0]).sum(1)
-        valid_w = (~mask[:, 0, :]).sum(1)
-        return torch.stack([valid_w / w, valid_h / h], -1)
-
     def forward(self, srcs, masks, pos_embeds, query_embed=None, self_attn_mask=None, num_proposals=None):
         """srcs / masks / pos_embeds: one ``[B, C, H, W]`` / ``[B, H, W]`` / ``[B, C, H, W]`` per level.
         ``self_attn_mask`` separates training-only query segments; ``num_proposals`` (two-stage)
@@ -246,23 +271,11 @@ class DeformableTransformer(nn.Module):
         """
         if not self.two_stage and query_embed is None:
             raise ValueError("query_embed is required unless two_stage=True")
-        src_flat, mask_flat, pos_flat, shapes = [], [], [], []
-        for lvl, (src, mask, pos) in enumerate(zip(srcs, masks, pos_embeds)):
-            b, c, h, w = src.shape
-            shapes.append((h, w))
-            src_flat.append(src.flatten(2).transpose(1, 2))
-            mask_flat.append(mask.flatten(1))
-            pos_flat.append(pos.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1))
-        src_flat = torch.cat(src_flat, 1)
-        mask_flat = torch.cat(mask_flat, 1)
-        pos_flat = torch.cat(pos_flat, 1)
-        # Shapes are static Python ints from the tensors' sizes: the device tensors MSDA needs are
-        # built from them, and loops use the ints, so nothing reads a device tensor back.
-        spatial_shapes = torch.tensor(shapes, dtype=torch.long, device=src_flat.device)
-        level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
-        valid_ratios = torch.stack([self.get_valid_ratio(m) for m in masks], 1).to(src_flat.dtype)
-
-        memory = self.encoder(src_flat, spatial_shapes, shapes, level_start_index, valid_ratios, pos_flat, mask_flat)
+        flat = flatten_levels(srcs, masks, pos_embeds, self.level_embed)
+        mask_flat, shapes, spatial_shapes = flat["mask"], flat["shapes"], flat["spatial_shapes"]
+        level_start_index, valid_ratios = flat["level_start_index"], flat["valid_ratios"]
+        memory = self.encoder(flat["src"], spatial_shapes, shapes, level_start_index, valid_ratios, flat["pos"],
+                              mask_flat)
 
         bs, _, c = memory.shape
         enc_class = enc_coord = None

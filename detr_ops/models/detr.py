@@ -4,7 +4,6 @@ Keys as in the original checkpoints: ``backbone.0.body.*``, ``input_proj`` (1x1 
 ``query_embed``, ``transformer.*``, ``class_embed`` (``num_classes + 1`` logits, the last one is
 "no object"), ``bbox_embed.layers.{0,1,2}``.
 """
-import torch
 from torch import nn
 
 from detr_ops.models.backbone import Backbone, Joiner

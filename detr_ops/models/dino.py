@@ -17,11 +17,11 @@ import copy
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from detr_ops.models import co_head, denoising, ops_switch
 from detr_ops.models.backbone import Backbone, Joiner
+from detr_ops.models.deformable_detr import feature_levels, init_input_projections, input_projections
 from detr_ops.models.deformable_transformer import inverse_sigmoid
 from detr_ops.models.dino_transformer import DINOTransformer
 from detr_ops.models.mlp import MLP
@@ -48,13 +48,7 @@ class DINO(nn.Module):
         self.co_queries = co_queries
         self.iou_fn = ops_switch.box_iou(ops)
         self.label_enc = nn.Embedding((dn_labelbook_size or num_classes) + 1, hidden)
-        projs = [nn.Sequential(nn.Conv2d(c, hidden, 1), nn.GroupNorm(gn_groups, hidden))
-                 for c in backbone.num_channels[:num_feature_levels]]
-        cin = backbone.num_channels[-1]
-        for _ in range(num_feature_levels - len(projs)):
-            projs.append(nn.Sequential(nn.Conv2d(cin, hidden, 3, stride=2, padding=1), nn.GroupNorm(gn_groups, hidden)))
-            cin = hidden
-        self.input_proj = nn.ModuleList(projs)
+        self.input_proj = input_projections(backbone.num_channels, num_feature_levels, hidden, gn_groups)
         self.backbone = backbone
 
         class_embed = nn.Linear(hidden, num_classes)
@@ -71,9 +65,7 @@ class DINO(nn.Module):
         # two_stage_{bbox,class}_embed_share=False: the encoder's heads are copies.
         self.transformer.enc_out_bbox_embed = copy.deepcopy(bbox_embed)
         self.transformer.enc_out_class_embed = copy.deepcopy(class_embed)
-        for proj in self.input_proj:
-            nn.init.xavier_uniform_(proj[0].weight, gain=1)
-            nn.init.constant_(proj[0].bias, 0)
+        init_input_projections(self.input_proj)
         if co_head is not None:
             self.bbox_head = nn.ModuleList([co_head])
             self.transformer.aux_pos_trans = nn.ModuleList([nn.Linear(2 * hidden, hidden)])
@@ -84,18 +76,7 @@ class DINO(nn.Module):
         return hasattr(self, "bbox_head")
 
     def _levels(self, images, mask):
-        features, pos = self.backbone(images, mask)
-        srcs, masks = [], []
-        for lvl, (feat, m) in enumerate(features):
-            srcs.append(self.input_proj[lvl](feat))
-            masks.append(m)
-        for lvl in range(len(srcs), self.num_feature_levels):
-            src = self.input_proj[lvl](features[-1][0] if lvl == len(features) else srcs[-1])
-            m = F.interpolate(mask[None].float(), size=src.shape[-2:]).to(torch.bool)[0]
-            srcs.append(src)
-            masks.append(m)
-            pos.append(self.backbone[1](m).to(src.dtype))
-        return srcs, masks, pos
+        return feature_levels(self.backbone, self.input_proj, images, mask)
 
     def layout(self, training, num_tokens):
         if not training:

@@ -19,7 +19,7 @@ from torch import nn
 from detr_ops.models import ops_switch
 from detr_ops.models.deformable_transformer import (DeformableTransformerDecoderLayer, DeformableTransformerEncoder,
                                                     DeformableTransformerEncoderLayer, encoder_output_proposals,
-                                                    inverse_sigmoid)
+                                                    flatten_levels, inverse_sigmoid)
 from detr_ops.models.denoising import DINO_EPS
 from detr_ops.models.mlp import MLP
 from detr_ops.models.transformer import clones
@@ -116,32 +116,16 @@ class DINOTransformer(nn.Module):
                 m._reset_parameters()
         nn.init.normal_(self.level_embed)
 
-    @staticmethod
-    def get_valid_ratio(mask):
-        _, h, w = mask.shape
-        valid_h = (~mask[:, :, 0]).sum(1)
-        valid_w = (~mask[:, 0, :]).sum(1)
-        return torch.stack([valid_w / w, valid_h / h], -1)
-
     def encode(self, srcs, masks, pos_embeds):
         """Flattens the levels and runs the encoder. Returns a dict: ``memory [B, S, C]``,
         ``mask [B, S]``, ``spatial_shapes`` (tensor and ``shapes`` as Python ints),
         ``level_start_index``, ``valid_ratios [B, L, 2]``."""
-        src_flat, mask_flat, pos_flat, shapes = [], [], [], []
-        for lvl, (src, mask, pos) in enumerate(zip(srcs, masks, pos_embeds)):
-            shapes.append(tuple(src.shape[-2:]))
-            src_flat.append(src.flatten(2).transpose(1, 2))
-            mask_flat.append(mask.flatten(1))
-            pos_flat.append(pos.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1))
-        src_flat = torch.cat(src_flat, 1)
-        mask_flat = torch.cat(mask_flat, 1)
-        pos_flat = torch.cat(pos_flat, 1)
-        spatial_shapes = torch.tensor(shapes, dtype=torch.long, device=src_flat.device)
-        level_start_index = torch.cat((spatial_shapes.new_zeros((1,)), spatial_shapes.prod(1).cumsum(0)[:-1]))
-        valid_ratios = torch.stack([self.get_valid_ratio(m) for m in masks], 1).to(src_flat.dtype)
-        memory = self.encoder(src_flat, spatial_shapes, shapes, level_start_index, valid_ratios, pos_flat, mask_flat)
-        return {"memory": memory, "mask": mask_flat, "spatial_shapes": spatial_shapes, "shapes": shapes,
-                "level_start_index": level_start_index, "valid_ratios": valid_ratios}
+        flat = flatten_levels(srcs, masks, pos_embeds, self.level_embed)
+        memory = self.encoder(flat["src"], flat["spatial_shapes"], flat["shapes"], flat["level_start_index"],
+                              flat["valid_ratios"], flat["pos"], flat["mask"])
+        return {"memory": memory, "mask": flat["mask"], "spatial_shapes": flat["spatial_shapes"],
+                "shapes": flat["shapes"], "level_start_index": flat["level_start_index"],
+                "valid_ratios": flat["valid_ratios"]}
 
     def select(self, enc, num_selected):
         """Mixed query selection: the top ``num_selected`` encoder proposals by their best class

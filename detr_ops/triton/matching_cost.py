@@ -22,7 +22,11 @@ from detr_ops.triton.box_math import cxcywh_to_corners, iou
 
 _BLOCK_Q = 16
 _BLOCK_T = 32
+# Classes per block of the softmax reductions. In float64, 128 made ptxas (Triton 3.6, sm_90) spill
+# 1.5 KB per thread and 64 still 112 B (255 registers: the [BLOCK_Q, BLOCK_K] tile of doubles beside
+# the box tile); 32 does not spill (docs/triton_resources.md).
 _MAX_BLOCK_K = 128
+_MAX_BLOCK_K_FP64 = 32
 
 
 @triton.jit
@@ -127,7 +131,8 @@ def matching_cost(pred_logits: torch.Tensor, pred_boxes: torch.Tensor, tgt_label
     out = logits.new_empty((B, Q, T))
     if out.numel() > 0:
         grid = (B * triton.cdiv(Q, _BLOCK_Q), triton.cdiv(T, _BLOCK_T))
-        block_k = min(_MAX_BLOCK_K, max(16, triton.next_power_of_2(max(K, 1))))
+        max_block_k = _MAX_BLOCK_K_FP64 if acc == torch.float64 else _MAX_BLOCK_K
+        block_k = min(max_block_k, max(16, triton.next_power_of_2(max(K, 1))))
         # the inputs may sit on a GPU that is not the current one
         with torch.cuda.device(logits.device) if logits.is_cuda else contextlib.nullcontext():
             launch(_matching_cost_kernel)[grid](

@@ -19,7 +19,10 @@ Tiles: a program handles BLOCK_Q (batch, query) rows of one head and BLOCK_D cha
 are [BLOCK_Q] vectors broadcast over the channels of the [BLOCK_Q, BLOCK_D] gathers. Larger tiles
 (4096 elements before) made ptxas use 255 registers and spill at D = 256. The forward splits D over
 programs (coordinates recomputed per chunk, cheap next to the gathers); the backward needs whole-D
-dot products per point and loops over the chunks inside the program.
+dot products per point and loops over the chunks inside the program. The backward keeps more live
+per element (the grad_output tile, four corners' values, atomics' addresses), and at 1024 elements
+ptxas spilled 0.4-1 KB per thread for small D and 0.4-2.6 KB for float64 (docs/triton_resources.md):
+its tile is ``_BACKWARD_TILE`` elements, ``_BACKWARD_TILE_FP64`` for float64.
 
 Everything is computed in the accumulation dtype (float32, or float64 for float64 input) and
 rounded to the input dtype once at the end.
@@ -51,6 +54,8 @@ from detr_ops.triton._launch import launch
 
 # Elements per [BLOCK_Q, BLOCK_D] tile, the widest channel block, and the warps per program.
 _TILE = 1024
+_BACKWARD_TILE = 512
+_BACKWARD_TILE_FP64 = 256
 _MAX_BLOCK_D = 256
 _NUM_WARPS = 4
 # CUDA's limit on a grid's x dimension; every kernel here uses a 1-D grid.
@@ -247,10 +252,10 @@ def _grad_value_kernel(grad_ptr, order_ptr, coef_ptr, segment_ptr, grad_value_pt
 # ---- launchers -------------------------------------------------------------------------------------
 
 
-def _blocks(D: int):
-    """(BLOCK_Q, BLOCK_D): channel blocks of up to _MAX_BLOCK_D, rows filling a _TILE-element tile."""
+def _blocks(D: int, tile: int = _TILE):
+    """(BLOCK_Q, BLOCK_D): channel blocks of up to _MAX_BLOCK_D, rows filling a `tile`-element tile."""
     block_d = min(triton.next_power_of_2(max(D, 1)), _MAX_BLOCK_D)
-    return max(1, _TILE // block_d), block_d
+    return max(1, tile // block_d), block_d
 
 
 def _programs(count: int, what: str) -> tuple:
@@ -303,7 +308,7 @@ def _backward(grad_output, value, spatial_shapes, level_start_index, sampling_lo
     grad_attn = torch.zeros(attention_weights.shape, dtype=value.dtype, device=value.device)
     if N * Lq * M * D == 0 or K == 0:
         return torch.zeros_like(value), grad_loc, grad_attn
-    block_q, block_d = _blocks(D)
+    block_q, block_d = _blocks(D, _BACKWARD_TILE_FP64 if acc == torch.float64 else _BACKWARD_TILE)
     grid = _programs(triton.cdiv(N * Lq, block_q) * M, f"N * Lq * M = {N * Lq * M} rows")
     value = value.contiguous()
     grad_output = grad_output.contiguous()

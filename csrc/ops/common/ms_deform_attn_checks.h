@@ -18,6 +18,8 @@
 #include <c10/util/Exception.h>
 
 #include <cstdint>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 namespace detr_ops::msda {
@@ -160,5 +162,55 @@ inline void check_grad_output(const at::Tensor& grad_output, const Sizes& s, con
   TORCH_CHECK_VALUE(grad_output.device() == value.device(), "grad_output must be on ", value.device(), ", got ",
                     grad_output.device());
 }
+
+// The four ops of one backend, checked: each checks its inputs (the point layout of ms_deform_attn,
+// or of num_points_list), then calls the backend's `forward` / `backward`, which take the sizes and
+// point layout and the five (six) tensors. One definition for the CPU and CUDA files, so the two
+// backends register the same entry points: TORCH_LIBRARY_IMPL(..., m.impl("ms_deform_attn",
+// &Entries<forward, backward>::ms_deform_attn) ...).
+template <auto forward, auto backward>
+struct Entries {
+  static at::Tensor ms_deform_attn(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                                   const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
+                                   const at::Tensor& attention_weights) {
+    Points points;
+    const Sizes s =
+        check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, &points);
+    return forward(s, std::move(points), value, spatial_shapes, level_start_index, sampling_locations,
+                   attention_weights);
+  }
+
+  static at::Tensor ms_deform_attn_points(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                                          const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
+                                          const at::Tensor& attention_weights, at::IntArrayRef num_points_list) {
+    Points points;
+    const Sizes s = check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                                 num_points_list, &points);
+    return forward(s, std::move(points), value, spatial_shapes, level_start_index, sampling_locations,
+                   attention_weights);
+  }
+
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward(
+      const at::Tensor& grad_output, const at::Tensor& value, const at::Tensor& spatial_shapes,
+      const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
+      const at::Tensor& attention_weights) {
+    Points points;
+    const Sizes s =
+        check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, &points);
+    return backward(s, std::move(points), grad_output, value, spatial_shapes, level_start_index, sampling_locations,
+                    attention_weights);
+  }
+
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_points_backward(
+      const at::Tensor& grad_output, const at::Tensor& value, const at::Tensor& spatial_shapes,
+      const at::Tensor& level_start_index, const at::Tensor& sampling_locations, const at::Tensor& attention_weights,
+      at::IntArrayRef num_points_list) {
+    Points points;
+    const Sizes s = check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                                 num_points_list, &points);
+    return backward(s, std::move(points), grad_output, value, spatial_shapes, level_start_index, sampling_locations,
+                    attention_weights);
+  }
+};
 
 }  // namespace detr_ops::msda

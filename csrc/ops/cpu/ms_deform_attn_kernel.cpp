@@ -12,7 +12,7 @@
 // The K sampling points of each (n, q, m) are consecutive, level by level (Points: P per level for
 // ms_deform_attn, num_points_list[l] for ms_deform_attn_points); both ops run the same loops.
 //
-// Backward: see ms_deform_attn_backward_cpu.
+// Backward: see backward() below.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -250,26 +250,6 @@ at::Tensor forward(const Sizes& s, Points points, const at::Tensor& value, const
   return out;
 }
 
-at::Tensor ms_deform_attn_cpu(const at::Tensor& value, const at::Tensor& spatial_shapes,
-                              const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
-                              const at::Tensor& attention_weights) {
-  Points points;
-  const Sizes s =
-      check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, &points);
-  return forward(s, std::move(points), value, spatial_shapes, level_start_index, sampling_locations,
-                 attention_weights);
-}
-
-at::Tensor ms_deform_attn_points_cpu(const at::Tensor& value, const at::Tensor& spatial_shapes,
-                                     const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
-                                     const at::Tensor& attention_weights, at::IntArrayRef num_points_list) {
-  Points points;
-  const Sizes s = check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-                               num_points_list, &points);
-  return forward(s, std::move(points), value, spatial_shapes, level_start_index, sampling_locations,
-                 attention_weights);
-}
-
 // Backward: grad_value is a scatter (many points hit the same pixel). Instead of atomics or
 // per-thread copies of grad_value, the work is split into tasks (batch n, head m): the rows a task
 // writes, grad_value[n, :, m, :], belong to no other task, and inside a task the queries are
@@ -334,34 +314,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const Sizes& s, Points p
   return {grad_value, grad_loc, grad_attn};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
-    const at::Tensor& grad_output, const at::Tensor& value, const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index, const at::Tensor& sampling_locations, const at::Tensor& attention_weights) {
-  Points points;
-  const Sizes s =
-      check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, &points);
-  return backward(s, std::move(points), grad_output, value, spatial_shapes, level_start_index, sampling_locations,
-                  attention_weights);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_points_backward_cpu(
-    const at::Tensor& grad_output, const at::Tensor& value, const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index, const at::Tensor& sampling_locations, const at::Tensor& attention_weights,
-    at::IntArrayRef num_points_list) {
-  Points points;
-  const Sizes s = check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-                               num_points_list, &points);
-  return backward(s, std::move(points), grad_output, value, spatial_shapes, level_start_index, sampling_locations,
-                  attention_weights);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(detr_ops, CPU, m) {
-  m.impl("ms_deform_attn", &ms_deform_attn_cpu);
-  m.impl("ms_deform_attn_backward", &ms_deform_attn_backward_cpu);
-  m.impl("ms_deform_attn_points", &ms_deform_attn_points_cpu);
-  m.impl("ms_deform_attn_points_backward", &ms_deform_attn_points_backward_cpu);
+  using Checked = Entries<forward, backward>;
+  m.impl("ms_deform_attn", &Checked::ms_deform_attn);
+  m.impl("ms_deform_attn_backward", &Checked::ms_deform_attn_backward);
+  m.impl("ms_deform_attn_points", &Checked::ms_deform_attn_points);
+  m.impl("ms_deform_attn_points_backward", &Checked::ms_deform_attn_points_backward);
 }
 
 }  // namespace detr_ops::msda

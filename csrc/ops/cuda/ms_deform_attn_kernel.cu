@@ -96,6 +96,13 @@ __device__ __forceinline__ Bilinear<acc_t> load_point(const Sizes& s, const Poin
   return b;
 }
 
+// Resources (docs/cuda_resources.md, sm_90): 38-78 registers, 4-6 blocks of 256 threads per SM. A
+// few instantiations (forward R=4, backward R=1 and R=8, float/half/bfloat16) show 8-48 B of ptxas
+// spills at 39-48 registers. They are not register pressure: the PTX has no local memory, and
+// assembling it again with --maxrregcount 64 gives the same spills and register counts, so ptxas
+// chose to keep a few values in L1-resident local memory. Accepted; to be
+// measured against a variant without them when a GPU is available.
+
 // R channels per lane per pass (D <= 32 * R in one pass; larger D loops over passes).
 template <typename scalar_t, int R>
 __global__ void __launch_bounds__(kThreads) forward_kernel(const scalar_t* __restrict__ value,
@@ -309,52 +316,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const Sizes& s, const Po
   return {grad_value.to(value.scalar_type()), grad_loc, grad_attn};
 }
 
-at::Tensor ms_deform_attn_cuda(const at::Tensor& value, const at::Tensor& spatial_shapes,
-                               const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
-                               const at::Tensor& attention_weights) {
-  Points points;
-  const Sizes s =
-      check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, &points);
-  return forward(s, points, value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
-}
-
-at::Tensor ms_deform_attn_points_cuda(const at::Tensor& value, const at::Tensor& spatial_shapes,
-                                      const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
-                                      const at::Tensor& attention_weights, at::IntArrayRef num_points_list) {
-  Points points;
-  const Sizes s = check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-                               num_points_list, &points);
-  return forward(s, points, value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
-    const at::Tensor& grad_output, const at::Tensor& value, const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index, const at::Tensor& sampling_locations, const at::Tensor& attention_weights) {
-  Points points;
-  const Sizes s =
-      check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights, &points);
-  return backward(s, points, grad_output, value, spatial_shapes, level_start_index, sampling_locations,
-                  attention_weights);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_points_backward_cuda(
-    const at::Tensor& grad_output, const at::Tensor& value, const at::Tensor& spatial_shapes,
-    const at::Tensor& level_start_index, const at::Tensor& sampling_locations, const at::Tensor& attention_weights,
-    at::IntArrayRef num_points_list) {
-  Points points;
-  const Sizes s = check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-                               num_points_list, &points);
-  return backward(s, points, grad_output, value, spatial_shapes, level_start_index, sampling_locations,
-                  attention_weights);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(detr_ops, CUDA, m) {
-  m.impl("ms_deform_attn", &ms_deform_attn_cuda);
-  m.impl("ms_deform_attn_backward", &ms_deform_attn_backward_cuda);
-  m.impl("ms_deform_attn_points", &ms_deform_attn_points_cuda);
-  m.impl("ms_deform_attn_points_backward", &ms_deform_attn_points_backward_cuda);
+  using Checked = Entries<forward, backward>;
+  m.impl("ms_deform_attn", &Checked::ms_deform_attn);
+  m.impl("ms_deform_attn_backward", &Checked::ms_deform_attn_backward);
+  m.impl("ms_deform_attn_points", &Checked::ms_deform_attn_points);
+  m.impl("ms_deform_attn_points_backward", &Checked::ms_deform_attn_points_backward);
 }
 
 }  // namespace detr_ops::msda
