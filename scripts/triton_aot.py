@@ -601,8 +601,8 @@ def render(runs: List[dict]) -> str:
         if spilled:
             reasons = sorted({accepted_spill(r.kernel, r.variant, run["triton"], r) or "not accepted (the run failed)"
                               for r in spilled})
-            out += [f"**{len({(r.kernel, r.variant) for r in spilled})} specialisations spill**, accepted in "
-                    "`scripts/triton_aot.py::ACCEPTED_SPILLS` because:", ""]
+            out += [f"**{len({(r.kernel, r.variant) for r in spilled})} specialisations spill**, accepted by "
+                    "`scripts/triton_aot.py` (`SMALL_SPILL_BYTES`, `ACCEPTED_SPILLS`) because:", ""]
             out += [f"- {why}" for why in reasons]
             out.append("")
         failed = [r for r in results if not r.ok]
