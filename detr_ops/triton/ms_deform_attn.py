@@ -252,10 +252,11 @@ def _grad_value_kernel(grad_ptr, order_ptr, coef_ptr, segment_ptr, grad_value_pt
 # ---- launchers -------------------------------------------------------------------------------------
 
 
-def _blocks(D: int, tile: int = _TILE):
-    """(BLOCK_Q, BLOCK_D): channel blocks of up to _MAX_BLOCK_D, rows filling a `tile`-element tile."""
+def _blocks(D: int, tile=None):
+    """(BLOCK_Q, BLOCK_D): channel blocks of up to _MAX_BLOCK_D, rows filling a `tile`-element tile
+    (default _TILE, read at the call: a default argument would freeze it at import)."""
     block_d = min(triton.next_power_of_2(max(D, 1)), _MAX_BLOCK_D)
-    return max(1, tile // block_d), block_d
+    return max(1, (tile or _TILE) // block_d), block_d
 
 
 def _programs(count: int, what: str) -> tuple:
