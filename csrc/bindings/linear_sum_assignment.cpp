@@ -99,9 +99,25 @@ py::tuple linear_sum_assignment(const py::object& cost_matrix, const py::object&
   return py::make_tuple(row_ind, col_ind);
 }
 
+// Tests and benchmarks: which route this thread's last linear_sum_assignment call took.
+std::string last_route() {
+  switch (thread_solver().route()) {
+    case lsa::Solver::kWarmRoute:
+      return "warm";
+    case lsa::Solver::kWarmThenScipyRoute:
+      return "warm-rejected";
+    default:
+      return "scipy";
+  }
+}
+
 }  // namespace
 
 void register_linear_sum_assignment(py::module_& m) {
+  m.def("_linear_sum_assignment_route", &last_route,
+        "Not public API: the route of this thread's last linear_sum_assignment call: 'scipy' (scipy's\n"
+        "loop alone), 'warm' (Jonker-Volgenant start, certified to be scipy's answer) or 'warm-rejected'\n"
+        "(the certificate failed and scipy's loop solved it).");
   m.def("linear_sum_assignment", &linear_sum_assignment, py::arg("cost_matrix"), py::arg("maximize") = false,
         "Drop-in for scipy.optimize.linear_sum_assignment: identical indices (ties included) and errors.\n\n"
         "cost_matrix is any 2-D array-like (numpy array, nested lists, CPU torch tensor), converted to\n"

@@ -88,6 +88,8 @@ def _capacity(capacity, cost: torch.Tensor) -> Tuple[int, Optional[torch.Tensor]
     Every effective capacity is at most R + ceil(R / C) <= 2 R (csrc/ops/common/
     linear_sum_assignment.h, effective_copies), so larger values are clamped to 2 R: exact, and a
     huge Python int would not fit the op's int64."""
+    if type(capacity) is int and capacity == 1:  # noqa: E721  (the default, on every DETR call: no checks needed)
+        return 1, None
     if isinstance(capacity, bool) or not isinstance(capacity, (int, torch.Tensor, list, tuple)):
         raise TypeError(f"capacity must be an int or an integer [B] tensor, got {type(capacity).__name__}")
     R = cost.shape[1]
@@ -161,9 +163,9 @@ def batched_linear_sum_assignment(
     _extension.load()
     if _backend.resolve(backend, cost.device) == "triton":
         from detr_ops import _triton_twins  # noqa: F401  (defines the *_triton ops on first use)
-        op = torch.ops.detr_ops.batched_linear_sum_assignment_triton
+        op = torch.ops.detr_ops.batched_linear_sum_assignment_triton.default
     else:
-        op = torch.ops.detr_ops.batched_linear_sum_assignment
+        op = torch.ops.detr_ops.batched_linear_sum_assignment.default
     col_for_row, status = op(cost, num_rows, num_cols, bool(maximize), capacity, capacities)
     if check:
         raise_for_status(status)
@@ -172,11 +174,12 @@ def batched_linear_sum_assignment(
 
 def raise_for_status(status: torch.Tensor) -> None:
     """Raises scipy's ``ValueError`` for the first failed problem of a status tensor (one sync)."""
-    status = status.cpu()
-    failed = status.nonzero()
-    if failed.numel():
-        b = int(failed[0, 0])
-        raise ValueError(f"{MESSAGES.get(int(status[b]), 'unknown status')} (batch item {b})")
+    # A list, not status.nonzero(): at DETR sizes the whole solve takes tens of microseconds, and a
+    # torch op (a parallel region at two threads or more) costs a few of them.
+    codes = status.tolist()
+    if any(codes):
+        b = next(i for i, code in enumerate(codes) if code)
+        raise ValueError(f"{MESSAGES.get(codes[b], 'unknown status')} (batch item {b})")
 
 
 def row_for_col(col_for_row: torch.Tensor, num_cols: int) -> torch.Tensor:

@@ -30,6 +30,11 @@
 //   * one reusable workspace replaces a dozen allocations per call, the input checks vectorise,
 //     and visited-row/column lists make the dual update touch only what the path visited.
 //
+// Square problems (n >= kWarmMinSize, finite costs) first try a faster route: a Jonker-Volgenant
+// start matches most rows cheaply and scipy's searches finish the rest; the answer is kept only
+// when a certificate proves it is the matching scipy returns (no other matching within scipy's
+// rounding of its cost), else scipy's route runs from scratch. See linear_sum_assignment_warm_start.h.
+//
 // Capacity (column j may take up to k rows) is scipy on the cost with its columns tiled k times
 // (copy c of column j is column c*C + j), solved on a virtual tiled problem: the physical block is
 // loaded once and column (or, transposed, row) t of the virtual problem reads physical column
@@ -46,44 +51,15 @@
 
 #include "ops/common/linear_sum_assignment.h"
 #include "ops/cpu/cpu_isa.h"
+#include "ops/cpu/linear_sum_assignment_lanes.h"
+#include "ops/cpu/linear_sum_assignment_warm_start.h"
 
 namespace detr_ops::lsa {
 
 namespace scan {
 
-// The 32-byte vectors below never cross a call boundary (everything here is always_inline), so
-// GCC's note that passing them by value changes the ABI between AVX and non-AVX builds is moot.
 #pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wpsabi"
-
-// W float64 lanes and the matching 64-bit integer lanes (GCC/Clang vector extensions), one source
-// for both builds: W = 4 (one AVX2 register) in the AVX2 build, W = 2 (one SSE2 / NEON register) in
-// the baseline build. (Four lanes without AVX are lowered element by element: 20x slower.)
-template <int W>
-struct Lanes;
-template <>
-struct Lanes<2> {
-  typedef double d __attribute__((vector_size(16)));
-  typedef int64_t i __attribute__((vector_size(16)));
-};
-template <>
-struct Lanes<4> {
-  typedef double d __attribute__((vector_size(32)));
-  typedef int64_t i __attribute__((vector_size(32)));
-};
-
-#define DETR_LSA_INLINE inline __attribute__((always_inline))
-
-template <typename V, typename T>
-DETR_LSA_INLINE V load(const T* p) {
-  V x;
-  std::memcpy(&x, p, sizeof x);
-  return x;
-}
-template <typename V, typename T>
-DETR_LSA_INLINE void store(T* p, const V& x) {
-  std::memcpy(p, &x, sizeof x);
-}
+#pragma GCC diagnostic ignored "-Wpsabi"  // see linear_sum_assignment_lanes.h
 
 // The best column of a scan: lowest path cost, then largest tie key (see tie_key).
 struct Best {
@@ -224,6 +200,11 @@ class Solver {
 
   bool transposed() const { return transposed_; }
 
+  // How the last solve() found its answer (tests and benchmarks): scipy's loop alone, the warm
+  // route with its certificate, or the warm route rejected and scipy's loop after it.
+  enum Route { kScipyRoute = 0, kWarmRoute = 1, kWarmThenScipyRoute = 2 };
+  Route route() const { return route_; }
+
   // Gives back the working copy of a big problem so an idle thread-local solver stays small.
   void trim(size_t keep_elements) {
     if (work_.capacity() > keep_elements) std::vector<double>().swap(work_);
@@ -280,8 +261,8 @@ class Solver {
     return best;
   }
 
-  template <int W>
-  DETR_LSA_INLINE Status solve_wide(const double* cost) {
+  // Buffers for a fresh start: zero duals, nothing matched (scipy's initial state).
+  void reset() {
     const int64_t nr = nr_, nc = nc_;
     u_.assign(nr, 0.0);
     v_.assign(nc, 0.0);
@@ -294,8 +275,37 @@ class Solver {
     remaining_.resize(nc);
     rows_seen_.resize(nr);
     cols_seen_.resize(nc);
-    // Tie key of column j at its first-step scan position nc-1-j (tie_key): free at first.
-    for (int64_t j = 0; j < nc; ++j) base_key_[j] = static_cast<double>(tie_key(nc - 1 - j, true, nc));
+  }
+
+  // Square problems of this size and more, with finite costs, try the warm route first
+  // (linear_sum_assignment_warm_start.h); smaller ones solve in a few microseconds either way.
+  static constexpr int64_t kWarmMinSize = 32;
+
+  template <int W>
+  DETR_LSA_INLINE Status solve_wide(const double* cost) {
+    double cabs = 0, clo = 0, chi = 0;
+    route_ = kScipyRoute;
+    if (nr_ == nc_ && copies_ == 1 && nr_ >= kWarmMinSize && warm::finite_range<W>(cost, nr_ * nc_, &cabs, &clo, &chi)) {
+      reset();
+      warm::start<W>(cost, nr_, u_.data(), v_.data(), col4row_.data(), row4col_.data(), free_rows_, scratch_);
+      if (augment<W>(cost) == kOk &&
+          warm::unique_optimum<W>(cost, nr_, u_.data(), v_.data(), col4row_.data(), row4col_.data(), cabs, clo, chi)) {
+        route_ = kWarmRoute;
+        return kOk;
+      }
+      route_ = kWarmThenScipyRoute;
+    }
+    reset();
+    return augment<W>(cost);
+  }
+
+  // scipy's loop: a shortest augmenting path from every unmatched row, in row order. From reset()
+  // this is scipy's algorithm choice for choice; after warm::start it finishes that matching.
+  template <int W>
+  DETR_LSA_INLINE Status augment(const double* cost) {
+    const int64_t nr = nr_, nc = nc_;
+    // Tie key of column j at its first-step scan position nc-1-j (tie_key).
+    for (int64_t j = 0; j < nc; ++j) base_key_[j] = static_cast<double>(tie_key(nc - 1 - j, row4col_[j] < 0, nc));
 
     double* const u = u_.data();
     double* const v = v_.data();
@@ -310,6 +320,7 @@ class Solver {
     constexpr double kInf = std::numeric_limits<double>::infinity();
 
     for (int64_t cur = 0; cur < nr; ++cur) {
+      if (col4row[cur] >= 0) continue;  // matched by warm::start
       // Shortest augmenting path from row `cur` (Dijkstra over reduced costs).
       int64_t i = cur, sink = -1, num_remaining = nc, num_rows_seen = 0, num_cols_seen = 0;
       double min_val = 0;
@@ -369,8 +380,9 @@ class Solver {
 
   int64_t rows_ = 0, cols_ = 0, copies_ = 1, rp_ = 0, cp_ = 0, nr_ = 0, nc_ = 0;
   bool transposed_ = false;
+  Route route_ = kScipyRoute;
   std::vector<double> work_, u_, v_, spc_, key_, base_key_;
-  std::vector<int64_t> path_, col4row_, row4col_, remaining_, rows_seen_, cols_seen_;
+  std::vector<int64_t> path_, col4row_, row4col_, remaining_, rows_seen_, cols_seen_, free_rows_, scratch_;
 };
 
 }  // namespace detr_ops::lsa
