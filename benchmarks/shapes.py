@@ -33,9 +33,7 @@ GIOU_LOSS_PAIRS = pick(quick=[1_000_000], gpu=[16_000_000])
 
 # ---- assignment: single problems (rows, cols) and DETR batches (B, Q) ------------------------------
 LSA_SINGLE = pick(
-    quick=[(100, 7), (300, 20), (900, 20), (900, 100), (900, 300), (100, 100), (1000, 1000)],
-    full=[(2000, 2000)],
-    gpu=[(2000, 2000)],
+    quick=[(100, 7), (300, 20), (900, 20), (900, 100), (900, 300), (100, 100), (1000, 1000), (2000, 2000)],
 )
 LSA_DETR_BATCH = pick(quick=[(16, 100), (16, 300), (16, 900)])
 # Batches of equal-size DETR problems (B, queries, targets), the input lapx's batch solvers take.

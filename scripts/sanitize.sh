@@ -67,7 +67,7 @@ print("sanitize: detr_ops from", detr_ops.__file__, detr_ops.build_info())
 EOF
 
 tests=""
-for name in extension parallel_tasks linear_sum_assignment batched_linear_sum_assignment \
+for name in extension parallel_tasks linear_sum_assignment linear_sum_assignment_warm batched_linear_sum_assignment \
     linear_sum_assignment_capacity matching_cost box_iou ms_deform_attn ms_deform_attn_points \
     linear_sum_assignment_adversarial matcher_adversarial box_adversarial ms_deform_attn_adversarial; do
   [ -f "tests/test_$name.py" ] && tests="$tests tests/test_$name.py"
