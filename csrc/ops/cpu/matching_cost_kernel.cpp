@@ -8,7 +8,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -77,18 +76,11 @@ at::Tensor matching_cost_cpu(const at::Tensor& pred_logits, const at::Tensor& pr
         }
       }
     };
-    if (kind == ClassCost::kSoftmax) {
-      // at::softmax has just run on ATen's OpenMP threads, which spin for a while after a region:
-      // helpers of our own pool would share the cores with them and finish their claimed tasks
-      // late (measured at 2 threads, B16 Q900: 4.3 ms against 3.1 ms on the same OpenMP team).
-      // This op pays OpenMP's fork-join under load already, in the softmax.
-      at::parallel_for(0, num_tasks, 1, [&](int64_t begin, int64_t end) {
-        NoState state;
-        for (int64_t task = begin; task < end; ++task) body(task, state);
-      });
-    } else {
-      cpu::parallel_tasks<NoState>(num_tasks, body, /*parallel=*/num_tasks > 1);
-    }
+    // Our pool, also after at::softmax: on ATen's OpenMP team instead (at::parallel_for) the loop is
+    // faster on a quiet machine (B16 Q900 at 2 threads: 3.0-3.4 ms against 4.3 ms, the helpers
+    // sharing the cores with OpenMP's spinning threads), but under load a second fork-join made
+    // the op 1.45-1.59x its one-thread time, over the 1.5x bound (benchmarks/under_load.py).
+    cpu::parallel_tasks<NoState>(num_tasks, body, /*parallel=*/num_tasks > 1);
   });
   return out;
 }
