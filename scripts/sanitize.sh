@@ -49,8 +49,11 @@ echo "sanitize: building with $flags"
 build_s=$((SECONDS - start))
 
 so=$(ls "$tree"/detr_ops/_C*.so)
+# ldd's output captured first, not piped into `grep -q`: grep -q exits at the first match, ldd can
+# then die of SIGPIPE, and pipefail turned that into a false "does not link" (it failed CI once).
+linked=$(ldd "$so")
 for lib in libasan libubsan; do
-  ldd "$so" | grep -q "$lib" || { echo "sanitize: $so does not link $lib" >&2; exit 1; }
+  [[ $linked == *"$lib"* ]] || { echo "sanitize: $so does not link $lib" >&2; exit 1; }
 done
 preload="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
 export LD_PRELOAD="$preload"
