@@ -216,3 +216,27 @@ def test_focal_switch_is_the_focal_class_cost():
     a = detr_ops.matching_cost(outputs["pred_logits"], outputs["pred_boxes"], *padded, 2.0, 5.0, 2.0, True)
     b = detr_ops.matching_cost(outputs["pred_logits"], outputs["pred_boxes"], *padded, 2.0, 5.0, 2.0, class_cost="focal")
     torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("B,Q,K,T", [(16, 300, 91, 10), (3, 50, 365, 40), (2, 7, 1, 2)])
+def test_softmax_class_cost_is_torch_softmax_bit_for_bit(threads, dtype, B, Q, K, T):
+    """The CPU kernel computes the softmax table task by task (rows of ~4096 pairs, inside its own
+    pool): with only the class term, the cost is exactly -torch.softmax(logits)[label], on one
+    thread and on several, and the caller's thread count is what it was."""
+    g = torch.Generator().manual_seed(B * Q + K)
+    logits = (torch.randn(B, Q, K, generator=g) * 6).to(dtype)
+    boxes = (torch.rand(B, Q, 4, generator=g) * 0.5 + 0.25).to(dtype)
+    labels = torch.randint(0, K, (B, T), generator=g)
+    tboxes = (torch.rand(B, T, 4, generator=g) * 0.5 + 0.25).to(dtype)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        cost = torch.ops.detr_ops.matching_cost(logits, boxes, labels, tboxes, torch.full((B,), T), 1.0, 0.0, 0.0,
+                                                "softmax", 0.25, 2.0, 1.0)
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(saved)
+    expected = -torch.softmax(logits, -1).gather(2, labels[:, None, :].expand(B, Q, T))
+    assert torch.equal(cost, expected)

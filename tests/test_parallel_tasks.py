@@ -107,6 +107,41 @@ def test_nested_calls_run_serially_on_the_task_thread():
         assert inner == [outer] * 4, f"inner tasks ran on {inner}, the outer task on {outer}"
 
 
+@pytest.mark.parametrize("parallel", [True, False])
+def test_aten_ops_inside_tasks_run_serially(parallel):
+    """An ATen op called from a task (the softmax matching cost calls ATen's softmax kernel) sees
+    one thread, on the caller and on helpers, and so never opens an OpenMP team of its own; the
+    caller's thread count is back afterwards."""
+    with num_threads(2):
+        me = caller_number()
+        for _ in range(5):
+            before = probe.tasks_run_by_helpers()
+            record = probe.aten_threads_in_tasks(30, 1000, parallel=parallel)
+            if not parallel or probe.tasks_run_by_helpers() > before:
+                break
+        assert torch.get_num_threads() == 2
+    assert len(record) == 30 and all(n == 1 for _, n in record), record
+    threads = {t for t, _ in record}
+    assert me in threads and (len(threads) == 2 if parallel else threads == {me})
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="scheduling policies of Linux threads")
+def test_helpers_run_as_sched_batch():
+    """Helper threads use SCHED_BATCH (no wake-up preemption: a woken helper never pushes the caller
+    off its core on a busy machine); the caller's own policy is untouched."""
+    with num_threads(2):
+        run_until_helpers_join()
+
+    def policy(tid):  # field 41 of /proc/<pid>/task/<tid>/stat; the name in field 2 may hold spaces
+        with open(f"/proc/self/task/{tid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[38])
+
+    policies = [policy(tid) for tid in os.listdir("/proc/self/task")]
+    batch = sum(p == os.SCHED_BATCH for p in policies)
+    assert 1 <= batch <= probe.helper_threads_started(), policies
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+
+
 @pytest.mark.parametrize("throw_at", [0, 7, 39])
 def test_exception_in_a_task_reaches_the_caller(throw_at):
     with num_threads(2):

@@ -1,6 +1,7 @@
 // detr_ops._C._parallel: probes of the CPU kernels' thread pool (ops/cpu/parallel_tasks.h) for
 // tests/test_parallel_tasks.py. Not public API: the kernels are what users call; these let the
 // tests watch which thread ran which task, make a task throw, nest calls and slow helpers down.
+#include <ATen/Parallel.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -58,6 +59,22 @@ std::vector<std::vector<int64_t>> run_tasks(int64_t num_tasks, int64_t sleep_us,
   return record;
 }
 
+// Runs num_tasks tasks of sleep_us each; task t records [its thread number, at::get_num_threads()
+// as an ATen op called inside the task would see it].
+std::vector<std::vector<int64_t>> aten_threads_in_tasks(int64_t num_tasks, int64_t sleep_us, bool parallel) {
+  std::vector<std::vector<int64_t>> record(static_cast<size_t>(std::max<int64_t>(num_tasks, 0)));
+  py::gil_scoped_release no_gil;
+  struct NoState {};
+  cpu::parallel_tasks<NoState>(
+      num_tasks,
+      [&](int64_t task, NoState&) {
+        if (sleep_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(sleep_us));
+        record[task] = {thread_number(), at::get_num_threads()};
+      },
+      parallel);
+  return record;
+}
+
 // cpu::parallel_for over [begin, end) with `grain`: the chunks it was cut into, sorted.
 std::vector<std::pair<int64_t, int64_t>> chunks(int64_t begin, int64_t end, int64_t grain) {
   std::vector<std::pair<int64_t, int64_t>> out;
@@ -79,6 +96,8 @@ void register_parallel(py::module_& m) {
   py::module_ p = m.def_submodule("_parallel", "tests only: probes of the CPU kernels' thread pool");
   p.def("run_tasks", &run_tasks, py::arg("num_tasks"), py::arg("sleep_us") = 0, py::arg("throw_at") = -1,
         py::arg("nested") = false, py::arg("parallel") = true);
+  p.def("aten_threads_in_tasks", &aten_threads_in_tasks, py::arg("num_tasks"), py::arg("sleep_us") = 0,
+        py::arg("parallel") = true);
   p.def("chunks", &chunks, py::arg("begin"), py::arg("end"), py::arg("grain"));
   p.def("thread_number", &thread_number);
   p.def("helper_threads_started", &cpu::detail::helper_threads_started);

@@ -1,13 +1,16 @@
 // CPU kernel of detr_ops::matching_cost: one task per (image, query) row costs every target of
 // that image (class + L1 + GIoU). No [B*Q, sum T] matrix.
 // DETR's softmax class cost needs a normalisation over all K classes; that table, softmax [B, Q, K],
-// comes from ATen's vectorised softmax, because a scalar exp per logit dominated the fused loop.
+// comes from ATen's vectorised softmax kernel (a scalar exp per logit dominated the fused loop),
+// called by each task on its own rows (softmax is per row, so the table is the one at::softmax
+// gives), serially inside our pool: one fork-join per call, not ATen's OpenMP team and then ours.
 // The other class costs (focal, RF-DETR's logsigmoid focal, DEIMv2's IoU-aware) depend on the
 // target's logit only, so they are computed in the loop for the T targets (a table over all K
 // classes of pow and log costs more than it saves).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
+#include <ATen/ops/_softmax_cpu_dispatch.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -32,9 +35,13 @@ at::Tensor matching_cost_cpu(const at::Tensor& pred_logits, const at::Tensor& pr
   const at::Tensor &counts = in.counts, &out = in.out;
   const int64_t B = pred_logits.size(0), Q = pred_logits.size(1), K = pred_logits.size(2), T = tgt_labels.size(1);
   if (out.numel() == 0) return out;
-  // softmax for DETR's cost, negated per pair below (exact; a negated [B, Q, K] copy would cost a
-  // pass over memory and another large allocation); the other class costs read the logits themselves
-  const at::Tensor class_table = kind == ClassCost::kSoftmax ? at::softmax(logits, -1) : logits;
+  // softmax for DETR's cost, filled by the tasks and negated per pair below (exact; a negated
+  // [B, Q, K] copy would cost a pass over memory and another large allocation); the other class
+  // costs read the logits themselves
+  const bool softmax = kind == ClassCost::kSoftmax;
+  const at::Tensor class_table = softmax ? at::empty_like(logits) : logits;
+  const at::Tensor logit_rows = logits.view({B * Q, K});
+  const at::Tensor table_rows = class_table.view({B * Q, K});
   // prepare() converted the floats to the accumulation type: scalar_t is float or double
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "matching_cost_cpu", [&] {
     const scalar_t* pb = boxes.const_data_ptr<scalar_t>();
@@ -53,6 +60,12 @@ at::Tensor matching_cost_cpu(const at::Tensor& pred_logits, const at::Tensor& pr
     struct NoState {};
     auto body = [&](int64_t task, NoState&) {
       const int64_t begin = task * rows_per_task, end = std::min(B * Q, begin + rows_per_task);
+      if (softmax) {
+        // the CPU kernel itself (at::cpu::, no dispatcher): no autograd or inference-mode checks
+        // on a helper thread, and serial here (cpu::SerialAten)
+        at::Tensor rows = table_rows.narrow(0, begin, end - begin);
+        at::cpu::_softmax_out(rows, logit_rows.narrow(0, begin, end - begin), 1, /*half_to_float=*/false);
+      }
       for (int64_t r = begin; r < end; ++r) {
         const int64_t b = r / Q;
         const scalar_t* row = pc + r * K;
@@ -76,10 +89,6 @@ at::Tensor matching_cost_cpu(const at::Tensor& pred_logits, const at::Tensor& pr
         }
       }
     };
-    // Our pool, also after at::softmax: on ATen's OpenMP team instead (at::parallel_for) the loop is
-    // faster on a quiet machine (B16 Q900 at 2 threads: 3.0-3.4 ms against 4.3 ms, the helpers
-    // sharing the cores with OpenMP's spinning threads), but under load a second fork-join made
-    // the op 1.45-1.59x its one-thread time, over the 1.5x bound (benchmarks/under_load.py).
     cpu::parallel_tasks<NoState>(num_tasks, body, /*parallel=*/num_tasks > 1);
   });
   return out;

@@ -19,8 +19,8 @@
 // Threads: at most at::get_num_threads() (torch.set_num_threads) including the caller. Serial when
 // called from inside a task or an ATen parallel region (nested), or while another thread's job
 // holds the pool. Safe across fork(): a child starts a fresh pool. An exception thrown by f stops
-// the tasks not yet started and is rethrown to the caller. Tasks must not call ATen ops that
-// parallelise (they would start OpenMP threads from a helper thread).
+// the tasks not yet started and is rethrown to the caller. Tasks may call ATen ops: those run
+// serially, on the thread that runs the task (see SerialAten).
 #pragma once
 
 #include <algorithm>
@@ -68,6 +68,22 @@ int64_t tasks_run_by_helpers();
 // helper does that the scheduler leaves waiting on a busy machine (0: no delay).
 void set_helper_delay_for_tests(int64_t microseconds);
 
+// While alive, ATen ops called on this thread run serially: this thread's OpenMP thread count
+// (which at::get_num_threads() reads in torch's OpenMP builds) is 1, and the old one comes back at
+// the end. Around every job's tasks, the serial fallback's included: an ATen op that opened an
+// OpenMP team inside a task would pay that team's fork-join (a time slice under load) on top of
+// ours, and on a helper thread it would start a second team of OpenMP threads.
+class SerialAten {
+ public:
+  SerialAten();
+  ~SerialAten();
+  SerialAten(const SerialAten&) = delete;
+  SerialAten& operator=(const SerialAten&) = delete;
+
+ private:
+  int previous_;
+};
+
 // One claimed unit covers ceil(num_tasks / kMaxUnits) tasks: the claim counter is 32 bits wide.
 constexpr int64_t kMaxUnits = int64_t(1) << 30;
 
@@ -100,6 +116,7 @@ void parallel_tasks(int64_t num_tasks, const F& f, bool parallel = true) {
     };
     if (detail::run_job((num_tasks + per_unit - 1) / per_unit, threads, body, &ctx)) return;
   }
+  detail::SerialAten serial_aten;
   State state{};
   for (int64_t task = 0; task < num_tasks; ++task) f(task, state);
 }
