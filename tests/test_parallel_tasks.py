@@ -34,12 +34,12 @@ def num_threads(n):
         torch.set_num_threads(saved)
 
 
-def run_until_helpers_join(num_tasks=40, sleep_us=2000, attempts=5, **kw):
-    """Runs a probe job until a helper took part in one (a loaded machine may not schedule a
-    helper within one job); returns that job's record."""
+def run_until_helpers_join(num_tasks=40, sleep_us=2000, attempts=5, job=probe.run_tasks, **kw):
+    """Runs a probe job (`job`, probe.run_tasks by default) until a helper took part in one (a
+    loaded machine may not schedule a helper within one job); returns that job's record."""
     for _ in range(attempts):
         before = probe.tasks_run_by_helpers()
-        record = probe.run_tasks(num_tasks, sleep_us, **kw)
+        record = job(num_tasks, sleep_us, **kw)
         if probe.tasks_run_by_helpers() > before:
             return record
     pytest.fail(f"no helper thread ran a task in {attempts} jobs of {num_tasks} x {sleep_us} us")
@@ -114,11 +114,10 @@ def test_aten_ops_inside_tasks_run_serially(parallel):
     caller's thread count is back afterwards."""
     with num_threads(2):
         me = caller_number()
-        for _ in range(5):
-            before = probe.tasks_run_by_helpers()
-            record = probe.aten_threads_in_tasks(30, 1000, parallel=parallel)
-            if not parallel or probe.tasks_run_by_helpers() > before:
-                break
+        if parallel:
+            record = run_until_helpers_join(30, 1000, job=probe.aten_threads_in_tasks)
+        else:
+            record = probe.aten_threads_in_tasks(30, 1000, parallel=False)
         assert torch.get_num_threads() == 2
     assert len(record) == 30 and all(n == 1 for _, n in record), record
     threads = {t for t, _ in record}

@@ -70,7 +70,7 @@ void set_helper_delay_for_tests(int64_t microseconds);
 
 // While alive, ATen ops called on this thread run serially: this thread's OpenMP thread count
 // (which at::get_num_threads() reads in torch's OpenMP builds) is 1, and the old one comes back at
-// the end. Around every job's tasks, the serial fallback's included: an ATen op that opened an
+// the end. Used around every job's tasks, the serial fallback included: an ATen op that opened an
 // OpenMP team inside a task would pay that team's fork-join (a time slice under load) on top of
 // ours, and on a helper thread it would start a second team of OpenMP threads.
 class SerialAten {
